@@ -1,0 +1,100 @@
+"""The SD VAE (sd-vae-ft-mse) as MuseTalk uses it: masked and reference face latents, decoding.
+
+Images are 256x256 RGB ``uint8`` arrays. Latents are scaled by the VAE's
+scaling factor (0.18215), and encoding is deterministic (the posterior mode).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+__all__ = ["FACE_SIZE", "FaceVAE", "load_vae"]
+
+FACE_SIZE = 256
+
+
+def _loading_problems(info: dict) -> list[str]:
+    return [f"{kind}: {', '.join(map(str, keys))}" for kind, keys in info.items() if keys]
+
+
+def load_vae(folder: str | os.PathLike, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> FaceVAE:
+    """Load an ``AutoencoderKL`` from a local diffusers folder (``config.json`` + weights).
+
+    ``.safetensors`` weights are preferred; ``.bin`` weights are read with
+    ``torch.load(weights_only=True)``. Every weight must match the config.
+    """
+    folder = Path(folder)
+    vae, info = AutoencoderKL.from_pretrained(
+        os.fspath(folder),
+        local_files_only=True,
+        output_loading_info=True,
+        torch_dtype=dtype,
+        use_safetensors=(folder / "diffusion_pytorch_model.safetensors").is_file(),
+    )
+    problems = _loading_problems(info)
+    if problems:
+        raise ValueError(f"VAE weights in {folder} do not match its config.json: {'; '.join(problems)}")
+    return FaceVAE(vae.to(device).eval().requires_grad_(False))
+
+
+class FaceVAE(nn.Module):
+    """Masked/reference encoding and decoding of 256x256 face crops."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    def _to_model_input(self, faces_rgb: np.ndarray | torch.Tensor, mask_lower_half: bool) -> torch.Tensor:
+        pixels = torch.as_tensor(faces_rgb).to(self.device)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (FACE_SIZE, FACE_SIZE, 3) or pixels.dtype != torch.uint8:
+            raise ValueError(
+                f"Expected uint8 faces of shape [N,{FACE_SIZE},{FACE_SIZE},3], got {tuple(pixels.shape)} {pixels.dtype}"
+            )
+        x = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32) / 255.0
+        if mask_lower_half:
+            x[:, :, FACE_SIZE // 2:, :] = 0.0
+        x = (x - 0.5) / 0.5
+        return x.to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, faces_rgb: np.ndarray | torch.Tensor, mask_lower_half: bool = False) -> torch.Tensor:
+        """``[N,256,256,3]`` uint8 RGB -> scaled posterior-mode latents ``[N,4,32,32]``.
+
+        With ``mask_lower_half`` the rows 128..255 are blanked (they become -1
+        after normalisation), as the official code does before encoding.
+        """
+        x = self._to_model_input(faces_rgb, mask_lower_half)
+        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+
+    @torch.inference_mode()
+    def encode_masked_and_reference(self, faces_rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The UNet's 8 input channels per face: masked latents first, then the unmasked reference."""
+        both = torch.cat([self._to_model_input(faces_rgb, True), self._to_model_input(faces_rgb, False)])
+        latents = self.vae.encode(both).latent_dist.mode() * self.scaling_factor
+        masked, reference = latents.chunk(2)
+        return torch.cat([masked, reference], dim=1)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents ``[N,4,32,32]`` -> ``[N,256,256,3]`` uint8 RGB (official clamp and rounding)."""
+        latents = (1 / self.scaling_factor) * latents.to(self.device, self.dtype)
+        image = self.vae.decode(latents, return_dict=False)[0]
+        image = (image.float() / 2 + 0.5).clamp(0, 1)
+        image = torch.round(image.permute(0, 2, 3, 1) * 255).to(torch.uint8)
+        return image.cpu().numpy()

@@ -1,0 +1,161 @@
+"""Where the official MuseTalk weights live, and what to say when they are missing.
+
+The layout is the one the official repository downloads into ``models/``::
+
+    <models root>/
+    ├── musetalkV15/        musetalk.json, unet.pth                  (v1.5 UNet)
+    ├── musetalk/           musetalk.json, pytorch_model.bin         (v1.0 UNet)
+    ├── sd-vae/             config.json, diffusion_pytorch_model.bin (sd-vae-ft-mse)
+    ├── whisper/            config.json, pytorch_model.bin, preprocessor_config.json (whisper-tiny)
+    └── face-parse-bisent/  79999_iter.pth                           (BiSeNet, optional)
+
+Every weight file may also be given as ``.safetensors`` with the same stem
+(``whisper/model.safetensors`` for the Whisper folder, as Hugging Face names it).
+In ComfyUI the root is ``ComfyUI/models/musetalk``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "COMPONENTS",
+    "MissingWeightsError",
+    "RANDOM_MARKER",
+    "ModelFiles",
+    "WeightFile",
+    "find_model_files",
+    "unet_component",
+]
+
+UNET_VERSIONS = ("v15", "v1")
+RANDOM_MARKER = "RANDOM_WEIGHTS.txt"  # written by `musetalk weights random`
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One expected file of the official layout and where it comes from."""
+
+    path: str
+    description: str
+    repo_id: str
+    repo_path: str
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return f"https://huggingface.co/{self.repo_id} (file {self.repo_path})"
+
+    def find(self, root: Path) -> Path | None:
+        """The first existing candidate under ``root``, or None."""
+        for relative in (self.path, *self.alternatives):
+            candidate = root / relative
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+def _unet_files(folder: str, weights: str, version_name: str) -> tuple[WeightFile, ...]:
+    stem = Path(weights).stem
+    return (
+        WeightFile(f"{folder}/musetalk.json", f"MuseTalk {version_name} UNet config", "TMElyralab/MuseTalk",
+                   f"{folder}/musetalk.json"),
+        WeightFile(f"{folder}/{weights}", f"MuseTalk {version_name} UNet weights", "TMElyralab/MuseTalk",
+                   f"{folder}/{weights}", alternatives=(f"{folder}/{stem}.safetensors",)),
+    )
+
+
+COMPONENTS: dict[str, tuple[WeightFile, ...]] = {
+    "unet-v15": _unet_files("musetalkV15", "unet.pth", "v1.5"),
+    "unet-v1": _unet_files("musetalk", "pytorch_model.bin", "v1.0"),
+    "vae": (
+        WeightFile("sd-vae/config.json", "SD VAE config (sd-vae-ft-mse)", "stabilityai/sd-vae-ft-mse", "config.json"),
+        WeightFile("sd-vae/diffusion_pytorch_model.bin", "SD VAE weights (sd-vae-ft-mse)",
+                   "stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.bin",
+                   alternatives=("sd-vae/diffusion_pytorch_model.safetensors",)),
+    ),
+    "whisper": (
+        WeightFile("whisper/config.json", "Whisper-tiny config", "openai/whisper-tiny", "config.json"),
+        WeightFile("whisper/pytorch_model.bin", "Whisper-tiny weights", "openai/whisper-tiny", "pytorch_model.bin",
+                   alternatives=("whisper/model.safetensors",)),
+        WeightFile("whisper/preprocessor_config.json", "Whisper-tiny feature extractor config",
+                   "openai/whisper-tiny", "preprocessor_config.json"),
+    ),
+    "face-parsing": (
+        WeightFile("face-parse-bisent/79999_iter.pth", "BiSeNet face-parsing weights",
+                   "ManyOtherFunctions/face-parse-bisent", "79999_iter.pth",
+                   alternatives=("face-parse-bisent/79999_iter.safetensors",)),
+    ),
+}
+
+
+def unet_component(version: str) -> str:
+    """Component key of a UNet version (``"v15"`` or ``"v1"``)."""
+    if version not in UNET_VERSIONS:
+        raise ValueError(f"Unknown MuseTalk version {version!r}; choose one of {', '.join(UNET_VERSIONS)}.")
+    return f"unet-{version}"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Raised with one message listing every missing file and where it comes from."""
+
+    def __init__(self, root: Path, missing: list[WeightFile]):
+        self.root = root
+        self.missing = missing
+        lines = [f"MuseTalk weights are missing under {root}:"]
+        for item in missing:
+            accepted = " or ".join(str(root / p) for p in (item.path, *item.alternatives))
+            lines.append(f"  - {accepted}\n      {item.description}; get it from {item.source}")
+        lines.append(
+            f"Download them with `musetalk weights download --models-dir {root}` (needs internet), "
+            "or place the files there by hand."
+        )
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Resolved paths of everything one inference run loads."""
+
+    unet_config: Path
+    unet_weights: Path
+    vae_dir: Path
+    whisper_dir: Path
+    face_parsing: Path | None
+    random_weights: bool = False
+
+
+def find_model_files(models_dir: str | Path, version: str = "v15", face_parsing: bool = False) -> ModelFiles:
+    """Locate the files for ``version`` under ``models_dir``.
+
+    ``face_parsing=True`` makes the BiSeNet weights required; otherwise they
+    are returned when present and None when absent (blending then falls back
+    to the landmark mask).
+
+    Raises:
+        MissingWeightsError: listing every missing file at once.
+    """
+    root = Path(models_dir).expanduser()
+    wanted = [unet_component(version), "vae", "whisper"] + (["face-parsing"] if face_parsing else [])
+    found: dict[str, Path] = {}
+    missing: list[WeightFile] = []
+    for component in wanted:
+        for item in COMPONENTS[component]:
+            location = item.find(root)
+            if location is None:
+                missing.append(item)
+            else:
+                found[item.path] = location
+    if missing:
+        raise MissingWeightsError(root, missing)
+    unet_config, unet_weights = (found[item.path] for item in COMPONENTS[unet_component(version)])
+    parser = COMPONENTS["face-parsing"][0].find(root)
+    return ModelFiles(
+        unet_config=unet_config,
+        unet_weights=unet_weights,
+        vae_dir=root / "sd-vae",
+        whisper_dir=root / "whisper",
+        face_parsing=parser,
+        random_weights=(root / RANDOM_MARKER).is_file(),
+    )
