@@ -1,0 +1,141 @@
+"""UNet, VAE and face parser: loading, dtype paths and the properties the pipeline relies on."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from musetalk_lib.face_parsing import load_face_parser
+from musetalk_lib.unet import build_unet, load_unet, load_unet_config, positional_encoding
+from musetalk_lib.vae import load_vae
+from musetalk_lib.weights import find_model_files
+
+REDUCED = [torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(scope="module")
+def files(random_models):
+    return find_model_files(random_models, "v15", face_parsing=True)
+
+
+def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((got.float() - reference).norm() / reference.norm())
+
+
+def test_positional_encoding_interleaves_sin_and_cos():
+    encoding = positional_encoding(50)
+    assert encoding.shape == (50, 384) and encoding.dtype == torch.float32
+    position, pair = 7, 10
+    frequency = math.exp(-math.log(10000.0) * 2 * pair / 384)
+    assert encoding[position, 2 * pair].item() == pytest.approx(math.sin(position * frequency), abs=1e-6)
+    assert encoding[position, 2 * pair + 1].item() == pytest.approx(math.cos(position * frequency), abs=1e-6)
+
+
+def test_unet_matches_a_plain_diffusers_forward_at_timestep_zero(files):
+    unet = load_unet(files.unet_config, files.unet_weights)
+    plain = build_unet(load_unet_config(files.unet_config))
+    plain.load_state_dict(torch.load(files.unet_weights, weights_only=True))
+    latents, audio = torch.randn(2, 8, 32, 32), torch.randn(2, 50, 384)
+    with torch.no_grad():
+        expected = plain(latents, 0, encoder_hidden_states=audio + positional_encoding(50)).sample
+    assert torch.allclose(unet(latents, audio), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", REDUCED, ids=str)
+def test_unet_reduced_precision(files, dtype):
+    latents, audio = torch.randn(3, 8, 32, 32), torch.randn(3, 50, 384)
+    reference = load_unet(files.unet_config, files.unet_weights)(latents, audio)
+    reduced = load_unet(files.unet_config, files.unet_weights, dtype=dtype)
+    out = reduced(latents, audio)
+    assert out.dtype == dtype and out.shape == (3, 4, 32, 32)
+    assert relative_error(out, reference) < 0.05
+
+
+def test_unet_accepts_other_token_counts(files):
+    unet = load_unet(files.unet_config, files.unet_weights)
+    assert unet(torch.randn(1, 8, 32, 32), torch.randn(1, 70, 384)).shape == (1, 4, 32, 32)
+
+
+def test_wrong_unet_config_is_explained(tmp_path, files):
+    config = json.loads(files.unet_config.read_text())
+    config["in_channels"] = 32
+    bad = tmp_path / "musetalk.json"
+    bad.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="#276"):
+        load_unet(bad, files.unet_weights)
+
+
+def test_unet_weights_must_match_config(tmp_path, files):
+    config = json.loads(files.unet_config.read_text())
+    config["block_out_channels"] = [64, 64, 64, 64]
+    other = tmp_path / "musetalk.json"
+    other.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        load_unet(other, files.unet_weights)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    generator = np.random.default_rng(0)
+    return generator.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+
+
+def test_masked_latents_ignore_the_lower_half(files, faces):
+    vae = load_vae(files.vae_dir)
+    changed = faces.copy()
+    changed[:, 128:] = 255 - changed[:, 128:]
+    first, second = vae.encode_masked_and_reference(faces), vae.encode_masked_and_reference(changed)
+    assert first.shape == (2, 8, 32, 32)
+    assert torch.equal(first[:, :4], second[:, :4])
+    assert not torch.equal(first[:, 4:], second[:, 4:])
+    assert torch.equal(first[:, :4], vae.encode(faces, mask_lower_half=True))
+
+
+@pytest.mark.parametrize("dtype", REDUCED, ids=str)
+def test_vae_reduced_precision(files, faces, dtype):
+    faces = faces[:1]  # half precision convolutions are slow on a CPU
+    reference_vae, vae = load_vae(files.vae_dir), load_vae(files.vae_dir, dtype=dtype)
+    reference = reference_vae.encode_masked_and_reference(faces)
+    latents = vae.encode_masked_and_reference(faces)
+    assert latents.dtype == dtype and relative_error(latents, reference) < 0.05
+    images = vae.decode(latents[:, 4:])
+    assert images.dtype == np.uint8 and images.shape == (1, 256, 256, 3)
+    difference = np.abs(images.astype(int) - reference_vae.decode(reference[:, 4:]).astype(int))
+    assert difference.mean() < 4
+
+
+def test_vae_rejects_wrong_images(files):
+    vae = load_vae(files.vae_dir)
+    with pytest.raises(ValueError, match="256"):
+        vae.encode(np.zeros((1, 128, 128, 3), np.uint8))
+
+
+def test_face_parser_labels_any_image_size(files):
+    parser = load_face_parser(files.face_parsing)
+    image = np.random.default_rng(1).integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    labels = parser.labels([image, image[:200]])
+    assert labels.shape == (2, 512, 512) and labels.dtype == np.uint8 and labels.max() < 19
+
+
+@pytest.mark.parametrize("dtype", REDUCED, ids=str)
+def test_face_parser_reduced_precision(files, dtype):
+    # A small input keeps half precision quick on a CPU; the network is fully convolutional.
+    resized = np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    reference = load_face_parser(files.face_parsing).logits_from_resized(resized)
+    logits = load_face_parser(files.face_parsing, dtype=dtype).logits_from_resized(resized)
+    assert logits.dtype == torch.float32 and relative_error(logits, reference) < 0.05
+
+
+def test_face_parser_loads_a_legacy_format_file(tmp_path, files):
+    state = torch.load(files.face_parsing, weights_only=True)
+    legacy = tmp_path / "79999_iter.pth"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    assert np.array_equal(load_face_parser(legacy).labels([image]), load_face_parser(files.face_parsing).labels([image]))
+
+
+def test_face_parser_rejects_other_weights(files):
+    with pytest.raises(ValueError, match="not a BiSeNet"):
+        load_face_parser(files.unet_weights)
