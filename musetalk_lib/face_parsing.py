@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from .checkpoint import load_state_dict
+from .weights import path_identity
 
 __all__ = ["PARSING_SIZE", "BiSeNet", "FaceParser", "load_face_parser"]
 
@@ -158,15 +159,16 @@ def load_face_parser(path: str | os.PathLike, device: str | torch.device = "cpu"
         net.load_state_dict(load_state_dict(path, dtype=dtype), strict=True, assign=True)
     except RuntimeError as error:
         raise ValueError(f"{path} is not a BiSeNet face-parsing state dict: {error}") from error
-    return FaceParser(net.to(device).eval().requires_grad_(False))
+    return FaceParser(net.to(device).eval().requires_grad_(False), weights_id=path_identity(path))
 
 
 class FaceParser(nn.Module):
     """Runs BiSeNet on RGB images of any size and returns 512x512 label maps."""
 
-    def __init__(self, net: BiSeNet):
+    def __init__(self, net: BiSeNet, weights_id: str = ""):
         super().__init__()
         self.net = net
+        self.weights_id = weights_id  # where the weights came from; part of avatar cache keys
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -14,6 +14,8 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from .weights import path_identity
+
 __all__ = ["FACE_SIZE", "FaceVAE", "load_vae"]
 
 FACE_SIZE = 256
@@ -41,16 +43,17 @@ def load_vae(folder: str | os.PathLike, device: str | torch.device = "cpu",
     problems = _loading_problems(info)
     if problems:
         raise ValueError(f"VAE weights in {folder} do not match its config.json: {'; '.join(problems)}")
-    return FaceVAE(vae.to(device).eval().requires_grad_(False))
+    return FaceVAE(vae.to(device).eval().requires_grad_(False), weights_id=path_identity(folder))
 
 
 class FaceVAE(nn.Module):
     """Masked/reference encoding and decoding of 256x256 face crops."""
 
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, vae: AutoencoderKL, weights_id: str = ""):
         super().__init__()
         self.vae = vae
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.weights_id = weights_id  # where the weights came from; part of avatar cache keys
 
     @property
     def dtype(self) -> torch.dtype:

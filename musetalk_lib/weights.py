@@ -7,7 +7,8 @@ The layout is the one the official repository downloads into ``models/``::
     ├── musetalk/           musetalk.json, pytorch_model.bin         (v1.0 UNet)
     ├── sd-vae/             config.json, diffusion_pytorch_model.bin (sd-vae-ft-mse)
     ├── whisper/            config.json, pytorch_model.bin, preprocessor_config.json (whisper-tiny)
-    └── face-parse-bisent/  79999_iter.pth                           (BiSeNet, optional)
+    ├── face-parse-bisent/  79999_iter.pth                           (BiSeNet, optional)
+    └── face_alignment/     s3fd-619a316812.pth, 2DFAN4-11f355bf06.pth.tar (face detection)
 
 Every weight file may also be given as ``.safetensors`` with the same stem
 (``whisper/model.safetensors`` for the Whisper folder, as Hugging Face names it).
@@ -16,6 +17,7 @@ In ComfyUI the root is ``ComfyUI/models/musetalk``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,8 @@ __all__ = [
     "ModelFiles",
     "WeightFile",
     "find_model_files",
+    "locate",
+    "path_identity",
     "unet_component",
 ]
 
@@ -35,25 +39,30 @@ RANDOM_MARKER = "RANDOM_WEIGHTS.txt"  # written by `musetalk weights random`
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One expected file of the official layout and where it comes from."""
+    """One expected file of the layout and where it comes from.
+
+    Files hosted on the Hugging Face Hub name their ``repo_id``/``repo_path``;
+    others give a plain download ``url``.
+    """
 
     path: str
     description: str
-    repo_id: str
-    repo_path: str
+    repo_id: str | None = None
+    repo_path: str | None = None
+    url: str | None = None
     alternatives: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:
-        return f"https://huggingface.co/{self.repo_id} (file {self.repo_path})"
+        if self.repo_id:
+            return f"https://huggingface.co/{self.repo_id} (file {self.repo_path})"
+        return str(self.url)
 
-    def find(self, root: Path) -> Path | None:
-        """The first existing candidate under ``root``, or None."""
-        for relative in (self.path, *self.alternatives):
-            candidate = root / relative
-            if candidate.is_file():
-                return candidate
-        return None
+    def find(self, root: Path, fallback_dirs: Sequence[Path] = ()) -> Path | None:
+        """The first existing candidate under ``root`` (then by file name in ``fallback_dirs``), or None."""
+        candidates = [root / relative for relative in (self.path, *self.alternatives)]
+        candidates += [Path(folder) / Path(self.path).name for folder in fallback_dirs]
+        return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 def _unet_files(folder: str, weights: str, version_name: str) -> tuple[WeightFile, ...]:
@@ -64,6 +73,9 @@ def _unet_files(folder: str, weights: str, version_name: str) -> tuple[WeightFil
         WeightFile(f"{folder}/{weights}", f"MuseTalk {version_name} UNet weights", "TMElyralab/MuseTalk",
                    f"{folder}/{weights}", alternatives=(f"{folder}/{stem}.safetensors",)),
     )
+
+
+FACE_ALIGNMENT_URL = "https://www.adrianbulat.com/downloads/python-fan"
 
 
 COMPONENTS: dict[str, tuple[WeightFile, ...]] = {
@@ -87,7 +99,20 @@ COMPONENTS: dict[str, tuple[WeightFile, ...]] = {
                    "ManyOtherFunctions/face-parse-bisent", "79999_iter.pth",
                    alternatives=("face-parse-bisent/79999_iter.safetensors",)),
     ),
+    "face-alignment": (
+        WeightFile("face_alignment/s3fd-619a316812.pth", "S3FD face detector (face-alignment)",
+                   url=f"{FACE_ALIGNMENT_URL}/s3fd-619a316812.pth"),
+        WeightFile("face_alignment/2DFAN4-11f355bf06.pth.tar", "2D-FAN 68-point landmarks (face-alignment)",
+                   url=f"{FACE_ALIGNMENT_URL}/2DFAN4-11f355bf06.pth.tar"),
+    ),
 }
+
+
+def path_identity(path: str | Path) -> str:
+    """Cheap identity of a weight file or folder (names, sizes, modification times), for cache keys."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return ";".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
 def unet_component(version: str) -> str:
@@ -100,17 +125,20 @@ def unet_component(version: str) -> str:
 class MissingWeightsError(FileNotFoundError):
     """Raised with one message listing every missing file and where it comes from."""
 
-    def __init__(self, root: Path, missing: list[WeightFile]):
+    def __init__(self, root: Path, missing: list[WeightFile], fallback_dirs: Sequence[Path] = (), hint: str = ""):
         self.root = root
         self.missing = missing
         lines = [f"MuseTalk weights are missing under {root}:"]
         for item in missing:
-            accepted = " or ".join(str(root / p) for p in (item.path, *item.alternatives))
-            lines.append(f"  - {accepted}\n      {item.description}; get it from {item.source}")
+            accepted = [str(root / p) for p in (item.path, *item.alternatives)]
+            accepted += [str(Path(folder) / Path(item.path).name) for folder in fallback_dirs]
+            lines.append(f"  - {' or '.join(accepted)}\n      {item.description}; get it from {item.source}")
         lines.append(
             f"Download them with `musetalk weights download --models-dir {root}` (needs internet), "
             "or place the files there by hand."
         )
+        if hint:
+            lines.append(hint)
         super().__init__("\n".join(lines))
 
 
@@ -126,6 +154,28 @@ class ModelFiles:
     random_weights: bool = False
 
 
+def locate(models_dir: str | Path, components: Sequence[str], fallback_dirs: Sequence[Path] = (),
+           hint: str = "") -> list[Path]:
+    """Paths of every file of ``components``, in order; ``hint`` is appended to the missing-files error.
+
+    Raises:
+        MissingWeightsError: listing every missing file at once.
+    """
+    root = Path(models_dir).expanduser()
+    found: list[Path] = []
+    missing: list[WeightFile] = []
+    for component in components:
+        for item in COMPONENTS[component]:
+            location = item.find(root, fallback_dirs)
+            if location is None:
+                missing.append(item)
+            else:
+                found.append(location)
+    if missing:
+        raise MissingWeightsError(root, missing, fallback_dirs, hint)
+    return found
+
+
 def find_model_files(models_dir: str | Path, version: str = "v15", face_parsing: bool = False) -> ModelFiles:
     """Locate the files for ``version`` under ``models_dir``.
 
@@ -138,18 +188,7 @@ def find_model_files(models_dir: str | Path, version: str = "v15", face_parsing:
     """
     root = Path(models_dir).expanduser()
     wanted = [unet_component(version), "vae", "whisper"] + (["face-parsing"] if face_parsing else [])
-    found: dict[str, Path] = {}
-    missing: list[WeightFile] = []
-    for component in wanted:
-        for item in COMPONENTS[component]:
-            location = item.find(root)
-            if location is None:
-                missing.append(item)
-            else:
-                found[item.path] = location
-    if missing:
-        raise MissingWeightsError(root, missing)
-    unet_config, unet_weights = (found[item.path] for item in COMPONENTS[unet_component(version)])
+    unet_config, unet_weights = locate(root, wanted)[:2]
     parser = COMPONENTS["face-parsing"][0].find(root)
     return ModelFiles(
         unet_config=unet_config,

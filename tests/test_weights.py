@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from musetalk_lib.weights import COMPONENTS, MissingWeightsError, find_model_files
+from musetalk_lib.weights import COMPONENTS, MissingWeightsError, find_model_files, locate
 
 
 @pytest.fixture
@@ -26,15 +26,30 @@ ALL_FILES = [(component, item) for component, items in COMPONENTS.items() for it
 
 @pytest.mark.parametrize("component,item", ALL_FILES, ids=[item.path for _, item in ALL_FILES])
 def test_each_missing_file_is_named_with_its_source(models, component, item):
+    for other in COMPONENTS["face-alignment"]:  # not part of the random set
+        (models / other.path).parent.mkdir(exist_ok=True)
+        (models / other.path).write_bytes(b"")
     (models / item.path).unlink()
-    version = "v1" if component == "unet-v1" else "v15"
     with pytest.raises(MissingWeightsError) as raised:
-        find_model_files(models, version, face_parsing=True)
+        if component == "face-alignment":
+            locate(models, [component])
+        else:
+            find_model_files(models, "v1" if component == "unet-v1" else "v15", face_parsing=True)
     message = str(raised.value)
     assert str(models / item.path) in message
-    assert f"https://huggingface.co/{item.repo_id}" in message
+    assert item.source in message
     assert "musetalk weights download" in message
     assert [missing.path for missing in raised.value.missing] == [item.path]
+
+
+def test_fallback_folders_are_searched_and_named(models, tmp_path):
+    cache = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(MissingWeightsError, match=str(cache / "s3fd-619a316812.pth")):
+        locate(models, ["face-alignment"], fallback_dirs=[cache])
+    cache.mkdir(parents=True)
+    for item in COMPONENTS["face-alignment"]:
+        (cache / item.path.split("/")[-1]).write_bytes(b"")
+    assert [path.parent for path in locate(models, ["face-alignment"], fallback_dirs=[cache])] == [cache, cache]
 
 
 def test_all_missing_files_are_listed_at_once(tmp_path):

@@ -1,0 +1,389 @@
+"""Avatars: everything about a source video that does not depend on the speech.
+
+Preparing an avatar tracks the face (boxes, landmarks), encodes the masked and
+reference latents of every frame with a face, and builds each frame's 512x512
+blending mask. The result is cached in a folder keyed by a hash of the source
+frames, the settings and the models, so dubbing the same video with other
+speech skips straight to the UNet.
+
+Cache layout (format version 1)::
+
+    <cache root>/<key>/
+        manifest.json            format version, key, settings, source, frame counts
+        track.safetensors        boxes [N,4] int32, has_face [N] uint8, landmarks [N,68,2] float32
+        shard-00000.safetensors  latents [k,8,32,32] float32, masks [k,32768] uint8 (bit-packed 512x512)
+        ...
+
+Shards hold the frames with a face, in order, ``SHARD_SIZE`` per file, and are
+read lazily, so long videos never load all latents at once. The folder is
+written under a temporary name and renamed when complete; a folder that is
+incomplete, unreadable or from another format version is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .blending import MASK_MODES, blend_alpha, crop_with_padding, expanded_square, landmark_mask, parsing_mask
+from .crop import Box, crop_face, official_face_box
+from .face_detection import FaceDetector
+from .face_parsing import PARSING_SIZE, FaceParser
+from .faces import Face, select_faces, smooth_faces
+from .frame_source import FrameSource
+from .vae import FaceVAE
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Avatar",
+    "AvatarCacheError",
+    "AvatarSettings",
+    "FaceTrack",
+    "build_track",
+    "detect_faces",
+    "prepare_avatar",
+]
+
+FORMAT_VERSION = 1
+SHARD_SIZE = 256
+MIN_FACE_SIZE = 8  # pixels; smaller crop boxes are treated as "no face"
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+logger = logging.getLogger(__name__)
+
+
+class AvatarCacheError(RuntimeError):
+    """An avatar folder is missing, incomplete, corrupt or from another format."""
+
+
+@dataclass(frozen=True)
+class AvatarSettings:
+    """How faces are chosen, cropped and masked. ``None`` fields take the version's official default."""
+
+    version: str = "v15"
+    bbox_shift: int = 0
+    extra_margin: int | None = None
+    face_selection: str = "largest"
+    face_index: int = 0
+    face_point: tuple[float, float] | None = None
+    smoothing: int = 2
+    mask_mode: str | None = None
+    cheek_width: int = 90
+    expand: float = 1.5
+
+    @property
+    def margin(self) -> int:
+        """Pixels added below the chin: 10 for v1.5, 0 for v1 unless set."""
+        if self.extra_margin is not None:
+            return self.extra_margin
+        return 10 if self.version == "v15" else 0
+
+    def resolved_mask_mode(self, has_parser: bool) -> str:
+        """The mask mode to use: the version's default (``jaw``/``raw``), or ``landmarks`` without a parser."""
+        mode = self.mask_mode or ("jaw" if self.version == "v15" else "raw")
+        if mode not in MASK_MODES:
+            raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
+        return mode if has_parser or mode == "landmarks" else "landmarks"
+
+
+@dataclass
+class FaceTrack:
+    """One crop box per source frame (or none), with the landmarks it came from."""
+
+    boxes: np.ndarray  # [N, 4] int32; zeros where there is no face
+    has_face: np.ndarray  # [N] bool
+    landmarks: np.ndarray  # [N, 68, 2] float32; NaN where there is no face
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.has_face)
+
+    @property
+    def face_frames(self) -> np.ndarray:
+        return np.flatnonzero(self.has_face)
+
+    def box(self, index: int) -> Box | None:
+        return tuple(int(v) for v in self.boxes[index]) if self.has_face[index] else None
+
+    def missing_ranges(self) -> list[tuple[int, int]]:
+        """Inclusive ``(first, last)`` ranges of frames without a face, for reporting."""
+        ranges, start = [], None
+        for index, present in enumerate(self.has_face):
+            if not present and start is None:
+                start = index
+            if present and start is not None:
+                ranges.append((start, index - 1))
+                start = None
+        if start is not None:
+            ranges.append((start, self.num_frames - 1))
+        return ranges
+
+
+def detect_faces(source: FrameSource, detector: FaceDetector, batch_size: int = 8,
+                 progress: Progress | None = None) -> list[list[Face]]:
+    """Run a detector over every frame of ``source``, a batch at a time."""
+    detections: list[list[Face]] = []
+    for start in range(0, source.num_frames, batch_size):
+        indices = range(start, min(start + batch_size, source.num_frames))
+        detections.extend(detector.detect(source.frames(indices)))
+        if progress:
+            progress("detect faces", len(detections), source.num_frames)
+    return detections
+
+
+def _clip_box(box: Box | None, width: int, height: int) -> Box | None:
+    if box is None:
+        return None
+    x1, y1, x2, y2 = max(0, box[0]), max(0, box[1]), min(width, box[2]), min(height, box[3])
+    if x2 - x1 < MIN_FACE_SIZE or y2 - y1 < MIN_FACE_SIZE:
+        return None
+    return (x1, y1, x2, y2)
+
+
+def build_track(faces_per_frame: Sequence[Sequence[Face]], width: int, height: int,
+                settings: AvatarSettings) -> FaceTrack:
+    """Choose one face per frame, smooth it over time and derive the official crop boxes."""
+    chosen = select_faces(faces_per_frame, settings.face_selection, settings.face_index, settings.face_point)
+    chosen = smooth_faces(chosen, settings.smoothing)
+    count = len(chosen)
+    boxes = np.zeros((count, 4), np.int32)
+    has_face = np.zeros(count, bool)
+    landmarks = np.full((count, 68, 2), np.nan, np.float32)
+    for index, face in enumerate(chosen):
+        if face is None:
+            continue
+        detector_box = tuple(int(v) for v in face.box)
+        box = official_face_box(face.landmarks, height, settings.bbox_shift, settings.margin, fallback=detector_box)
+        box = _clip_box(box, width, height)
+        if box is not None:
+            boxes[index], has_face[index], landmarks[index] = box, True, face.landmarks
+    return FaceTrack(boxes, has_face, landmarks)
+
+
+def _face_masks(frames: Sequence[np.ndarray], track: FaceTrack, indices: Sequence[int], mode: str,
+                settings: AvatarSettings, parser: FaceParser | None) -> np.ndarray:
+    """512x512 blending masks (0/255) for frames with a face."""
+    squares = [expanded_square(track.box(i), settings.expand) for i in indices]
+    if mode == "landmarks":
+        return np.stack([landmark_mask(track.landmarks[i], square) for i, square in zip(indices, squares)])
+    labels = parser.labels([crop_with_padding(frame, square) for frame, square in zip(frames, squares)])
+    return np.stack([parsing_mask(label, mode, settings.cheek_width) for label in labels])
+
+
+class Avatar:
+    """A prepared (cached) avatar: the face track plus lazily read latents and masks."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        manifest_path = self.folder / "manifest.json"
+        try:
+            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if self.manifest.get("format_version") != FORMAT_VERSION:
+                raise AvatarCacheError(f"{self.folder}: format version {self.manifest.get('format_version')}, "
+                                       f"expected {FORMAT_VERSION}")
+            with safe_open(self.folder / "track.safetensors", "np") as handle:
+                self.track = FaceTrack(handle.get_tensor("boxes"), handle.get_tensor("has_face").astype(bool),
+                                       handle.get_tensor("landmarks"))
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            raise AvatarCacheError(f"{self.folder} is not a readable avatar: {error}") from error
+        self.settings = AvatarSettings(**{key: tuple(value) if key == "face_point" and value else value
+                                          for key, value in self.manifest["settings"].items()})
+        self.mask_mode: str = self.manifest["mask_mode"]
+        self._row = np.full(self.track.num_frames, -1, np.int64)
+        self._row[self.track.face_frames] = np.arange(len(self.track.face_frames))
+        self._check_shards()
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.safetensors"
+
+    def _check_shards(self) -> None:
+        faces = len(self.track.face_frames)
+        if faces != self.manifest["frames_with_face"] or self.track.num_frames != self.manifest["num_frames"]:
+            raise AvatarCacheError(f"{self.folder}: track does not match the manifest")
+        for shard in range((faces + SHARD_SIZE - 1) // SHARD_SIZE):
+            expected = min(SHARD_SIZE, faces - shard * SHARD_SIZE)
+            try:
+                with safe_open(self._shard_path(shard), "pt") as handle:
+                    shapes = {name: handle.get_slice(name).get_shape() for name in ("latents", "masks")}
+            except (OSError, SafetensorError) as error:
+                raise AvatarCacheError(f"{self.folder}: shard {shard} unreadable ({error})") from error
+            if shapes != {"latents": [expected, 8, 32, 32], "masks": [expected, PARSING_SIZE * PARSING_SIZE // 8]}:
+                raise AvatarCacheError(f"{self.folder}: shard {shard} has shapes {shapes}")
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def num_frames(self) -> int:
+        return self.track.num_frames
+
+    def _rows(self, frames: Sequence[int], name: str) -> torch.Tensor:
+        rows = self._row[np.asarray(frames, dtype=np.int64)]
+        if (rows < 0).any():
+            raise ValueError(f"Frames without a face have no {name}: {np.asarray(frames)[rows < 0].tolist()}")
+        pieces = []
+        for shard in np.unique(rows // SHARD_SIZE):
+            local = rows[rows // SHARD_SIZE == shard] % SHARD_SIZE
+            with safe_open(self._shard_path(int(shard)), "pt") as handle:
+                block = handle.get_slice(name)[int(local.min()):int(local.max()) + 1]
+            pieces.append((np.flatnonzero(rows // SHARD_SIZE == shard), block[torch.from_numpy(local - local.min())]))
+        result = torch.empty((len(rows), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
+        for positions, block in pieces:
+            result[torch.from_numpy(positions)] = block
+        return result
+
+    def latents(self, frames: Sequence[int]) -> torch.Tensor:
+        """UNet input latents ``[k, 8, 32, 32]`` (masked, reference) of source frames that have a face."""
+        return self._rows(frames, "latents")
+
+    def mask(self, frame: int) -> np.ndarray:
+        """The 512x512 blending mask (0/255) of a source frame that has a face."""
+        packed = self._rows([frame], "masks")[0].numpy()
+        return (np.unpackbits(packed).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
+
+    def blend_region(self, frame: int, variant: str = "normal") -> tuple[Box, Box, np.ndarray]:
+        """``(box, square, alpha)`` for pasting a generated face into source frame ``frame``."""
+        box = self.track.box(frame)
+        square = expanded_square(box, self.settings.expand)
+        return box, square, blend_alpha(self.mask(frame), box, square, variant)
+
+
+def _cache_key(source: FrameSource, settings: AvatarSettings, detection_id: str, vae: FaceVAE,
+               mask_mode: str, parser: FaceParser | None) -> str:
+    parts = {
+        "format": FORMAT_VERSION,
+        "source": source.fingerprint(),
+        "size": [source.width, source.height, source.num_frames],
+        "settings": asdict(settings),
+        "detection": detection_id,
+        "vae": [vae.weights_id, str(vae.dtype)],
+        "mask": [mask_mode, parser.weights_id if parser is not None and mask_mode != "landmarks" else None],
+    }
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def _faces_digest(faces_per_frame: Sequence[Sequence[Face]]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for faces in faces_per_frame:
+        digest.update(str(len(faces)).encode())
+        for face in faces:
+            digest.update(np.asarray(face.box, np.float64).tobytes())
+            digest.update(np.asarray(face.landmarks, np.float64).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _ShardWriter:
+    folder: Path
+    latents: list[torch.Tensor] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    written: int = 0
+
+    def add(self, latents: torch.Tensor, masks: np.ndarray) -> None:
+        self.latents.extend(latents.float().cpu())
+        self.masks.extend(np.packbits(masks > 127, axis=None).reshape(len(masks), -1))
+        while len(self.latents) >= SHARD_SIZE:
+            self._flush(SHARD_SIZE)
+
+    def _flush(self, count: int) -> None:
+        if count == 0:
+            return
+        tensors = {"latents": torch.stack(self.latents[:count]).contiguous(),
+                   "masks": torch.from_numpy(np.stack(self.masks[:count]))}
+        save_file(tensors, str(self.folder / f"shard-{self.written:05d}.safetensors"))
+        del self.latents[:count], self.masks[:count]
+        self.written += 1
+
+    def close(self) -> None:
+        self._flush(len(self.latents))
+
+
+def _build(folder: Path, key: str, source: FrameSource, track: FaceTrack, settings: AvatarSettings,
+           vae: FaceVAE, parser: FaceParser | None, mask_mode: str, batch_size: int,
+           progress: Progress | None, description: dict) -> None:
+    folder.mkdir(parents=True)
+    save_file({"boxes": torch.from_numpy(track.boxes), "has_face": torch.from_numpy(track.has_face.astype(np.uint8)),
+               "landmarks": torch.from_numpy(track.landmarks)}, str(folder / "track.safetensors"))
+    shards = _ShardWriter(folder)
+    face_frames = track.face_frames
+    for start in range(0, len(face_frames), batch_size):
+        indices = [int(i) for i in face_frames[start:start + batch_size]]
+        frames = source.frames(indices)
+        crops = np.stack([crop_face(frame, track.box(i)) for frame, i in zip(frames, indices)])
+        shards.add(vae.encode_masked_and_reference(crops), _face_masks(frames, track, indices, mask_mode,
+                                                                         settings, parser))
+        if progress:
+            progress("encode avatar", start + len(indices), len(face_frames))
+    shards.close()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "settings": asdict(settings),
+        "mask_mode": mask_mode,
+        "num_frames": track.num_frames,
+        "frames_with_face": int(len(face_frames)),
+        "width": source.width,
+        "height": source.height,
+        "frame_rate": [source.frame_rate.numerator, source.frame_rate.denominator],
+        **description,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def prepare_avatar(
+    source: FrameSource,
+    vae: FaceVAE,
+    cache_root: str | os.PathLike,
+    settings: AvatarSettings = AvatarSettings(),
+    *,
+    detector: FaceDetector | None = None,
+    faces: Sequence[Sequence[Face]] | None = None,
+    parser: FaceParser | None = None,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    description: dict | None = None,
+) -> Avatar:
+    """Load the cached avatar of ``source`` for these settings and models, or build and cache it.
+
+    Faces come from ``faces`` (precomputed, one list per frame) or are found
+    with ``detector``. Without a ``parser`` the masks come from the landmarks.
+    ``description`` is stored in the manifest (e.g. the source path).
+    """
+    if (detector is None) == (faces is None):
+        raise ValueError("Give exactly one of detector= or faces=.")
+    if faces is not None and len(faces) != source.num_frames:
+        raise ValueError(f"Landmarks cover {len(faces)} frames but the source has {source.num_frames}.")
+    mask_mode = settings.resolved_mask_mode(parser is not None)
+    detection_id = f"faces:{_faces_digest(faces)}" if faces is not None else detector.identity
+    key = _cache_key(source, settings, detection_id, vae, mask_mode, parser)
+    folder = Path(cache_root).expanduser() / key
+    if folder.exists():
+        try:
+            return Avatar(folder)
+        except AvatarCacheError as error:
+            logger.warning("Rebuilding avatar cache: %s", error)
+            shutil.rmtree(folder, ignore_errors=True)
+    if faces is None:
+        faces = detect_faces(source, detector, batch_size, progress)
+    track = build_track(faces, source.width, source.height, settings)
+    partial = folder.with_name(f".{key}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _build(partial, key, source, track, settings, vae, parser, mask_mode, batch_size, progress,
+               description or {})
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return Avatar(folder)

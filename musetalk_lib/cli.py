@@ -1,0 +1,285 @@
+"""The ``musetalk`` command: dub videos, manage avatar caches and weights, benchmark.
+
+Run ``musetalk --help`` or ``musetalk <command> --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_MODELS_DIR = os.environ.get("MUSETALK_MODELS_DIR", "models")
+DEFAULT_CACHE_DIR = os.environ.get("MUSETALK_CACHE_DIR", str(Path.home() / ".cache" / "musetalk" / "avatars"))
+
+EPILOG = """\
+Weights: the official files go under --models-dir in the official layout
+(musetalkV15/, musetalk/, sd-vae/, whisper/, face-parse-bisent/, face_alignment/).
+`musetalk weights check` lists what is there, `musetalk weights download` fetches
+them (needs internet), `musetalk weights random DIR` writes RANDOM ones for tests.
+"""
+
+
+class _Progress:
+    """tqdm bars, one per pipeline stage."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="frame", dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y (pixels), got {text!r}") from None
+    return (x, y)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models and hardware")
+    group.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
+                       help="folder with the official weights layout (default: %(default)s; env MUSETALK_MODELS_DIR)")
+    group.add_argument("--version", choices=["v15", "v1"], default="v15", help="MuseTalk version (default: %(default)s)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
+    group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                       help="model precision; auto = fp16 on CUDA, fp32 elsewhere")
+    group.add_argument("--batch-size", type=int, default=8, help="frames per model batch (default: %(default)s)")
+
+
+def _add_face_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("faces and avatar")
+    group.add_argument("--landmarks", type=Path, help="precomputed 68-point landmarks JSON (skips detection)")
+    group.add_argument("--face-backend", choices=["face-alignment", "dlib"], default="face-alignment",
+                       help="face detector when no --landmarks (default: %(default)s)")
+    group.add_argument("--face", choices=["largest", "index", "point"], default="largest",
+                       help="which face to dub when there are several (default: %(default)s)")
+    group.add_argument("--face-index", type=int, default=0, help="with --face index: 0 = leftmost face")
+    group.add_argument("--face-point", type=_point, help="with --face point: X,Y inside the face to dub")
+    group.add_argument("--bbox-shift", type=int, default=0,
+                       help="move the mask's upper edge down (+) or up (-) in pixels: more or less mouth opening")
+    group.add_argument("--extra-margin", type=int, help="pixels added below the chin (default: 10 for v15, 0 for v1)")
+    group.add_argument("--smoothing", type=int, default=2,
+                       help="temporal smoothing radius for face boxes in frames, 0 = off (default: %(default)s)")
+    group.add_argument("--mask", choices=["jaw", "raw", "neck", "landmarks"],
+                       help="blend mask: face parsing modes, or landmarks (no parsing weights); "
+                            "default jaw for v15, raw for v1")
+    group.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                       help="avatar cache folder (default: %(default)s; env MUSETALK_CACHE_DIR)")
+    group.add_argument("--fps", type=float, default=25.0, help="frame rate for a still-image source (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="musetalk",
+        description="MuseTalk lip sync: make a talking-face video say new speech.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version-info", action="version", version=f"musetalk {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dub = commands.add_parser(
+        "dub", help="lip-sync a video or image to speech",
+        description="Lip-sync VIDEO_OR_IMAGE to AUDIO and write an MP4 (H.264 + AAC) with that speech.\n"
+                    "Example: musetalk dub talk.mp4 speech.wav -o dubbed.mp4 --models-dir models",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    dub.add_argument("source", type=Path, metavar="VIDEO_OR_IMAGE")
+    dub.add_argument("audio", type=Path, metavar="AUDIO", help="speech: wav, flac, mp3, m4a, or a video's audio track")
+    dub.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 (written atomically)")
+    _add_model_arguments(dub)
+    _add_face_arguments(dub)
+    generation = dub.add_argument_group("generation")
+    generation.add_argument("--length", choices=["pingpong", "loop", "trim"], default="pingpong",
+                            help="when the speech outlasts the video: play it back and forth (official), "
+                                 "loop it, or stop at its end (default: %(default)s)")
+    generation.add_argument("--blend", choices=["normal", "realtime"], default="normal",
+                            help="blend edge softness: normal (5%% blur) or realtime (10%%)")
+    generation.add_argument("--official-fps", action="store_true",
+                            help="truncate fractional frame rates like the official code (29.97 -> 29); "
+                                 "drifts out of sync, only for parity checks")
+    generation.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: %(default)s)")
+
+    avatar = commands.add_parser("avatar", help="prepare or inspect a cached avatar")
+    avatar_commands = avatar.add_subparsers(dest="avatar_command", required=True, metavar="ACTION")
+    prepare = avatar_commands.add_parser("prepare", help="track faces and encode latents once, for reuse with any speech")
+    prepare.add_argument("source", type=Path, metavar="VIDEO_OR_IMAGE")
+    _add_model_arguments(prepare)
+    _add_face_arguments(prepare)
+    info = avatar_commands.add_parser("info", help="describe a prepared avatar folder")
+    info.add_argument("folder", type=Path)
+
+    weights = commands.add_parser("weights", help="check, download or fake the model weights", epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    check = weights_commands.add_parser("check", help="list every expected file: present or missing, size, hash")
+    check.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    check.add_argument("--no-hash", action="store_true", help="skip SHA-256 (faster on large files)")
+    download = weights_commands.add_parser("download", help="download the official weights (needs internet)")
+    download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    download.add_argument("--only", nargs="+", metavar="COMPONENT",
+                          help="components to fetch (default: all): unet-v15 unet-v1 vae whisper face-parsing face-alignment")
+    download.add_argument("--dry-run", action="store_true", help="only print what would be downloaded")
+    random_weights = weights_commands.add_parser(
+        "random", help="write RANDOM weights in the official layout (tests and smoke runs only: no lip sync)")
+    random_weights.add_argument("directory", type=Path)
+    random_weights.add_argument("--size", choices=["tiny", "full"], default="tiny",
+                                help="tiny: a few MB, fast on CPU; full: official sizes (about 3.7 GB)")
+    random_weights.add_argument("--seed", type=int, default=0)
+
+    bench = commands.add_parser("bench", help="measure frames per second per stage and peak memory")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+    return parser
+
+
+def _avatar_settings(args):
+    from .avatar import AvatarSettings
+
+    return AvatarSettings(version=args.version, bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
+                          face_selection=args.face, face_index=args.face_index, face_point=args.face_point,
+                          smoothing=args.smoothing, mask_mode=args.mask)
+
+
+def _load_models(args):
+    from .pipeline import MuseTalkModels
+
+    models = MuseTalkModels.load(args.models_dir, args.version, args.device, args.dtype,
+                                 face_parsing=args.mask != "landmarks")
+    if models.files.random_weights:
+        print(f"WARNING: {args.models_dir} holds RANDOM weights: the result will not be lip-synced.", file=sys.stderr)
+    return models
+
+
+def _run_dub(args, progress: _Progress) -> None:
+    from .pipeline import DubOptions, dub
+
+    options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
+                         exact_fps=not args.official_fps)
+    report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),
+                 options=options, cache_root=args.cache_dir, landmarks_path=args.landmarks,
+                 face_backend=args.face_backend, face_models_dir=args.models_dir, still_fps=args.fps,
+                 crf=args.crf, progress=progress)
+    progress.close()
+    print(f"Wrote {report.output}: {report.frames} frames at {float(report.frame_rate):g} fps "
+          f"({report.duration:.2f} s){' [RANDOM WEIGHTS]' if report.random_weights else ''}")
+    if report.frames_without_face:
+        print(f"No face found in source frames {report.frames_without_face}; they were left unchanged.")
+    print("Time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()))
+
+
+def _run_avatar(args, progress: _Progress) -> None:
+    from .avatar import Avatar, prepare_avatar
+    from .face_detection import create_detector
+    from .faces import load_landmarks_json
+    from .frame_source import open_source
+
+    if args.avatar_command == "info":
+        avatar = Avatar(args.folder)
+        print(json.dumps({**avatar.manifest, "frames_without_face": avatar.track.missing_ranges()}, indent=2))
+        return
+    models = _load_models(args)
+    source = open_source(args.source, args.fps)
+    if args.landmarks:
+        faces, detector = load_landmarks_json(args.landmarks), None
+    else:
+        faces, detector = None, create_detector(args.face_backend, args.models_dir, models.vae.device)
+    avatar = prepare_avatar(source, models.vae, args.cache_dir, _avatar_settings(args), detector=detector,
+                            faces=faces, parser=models.parser, batch_size=args.batch_size, progress=progress,
+                            description={"source": str(args.source.resolve())})
+    progress.close()
+    print(f"Avatar ready: {avatar.folder} ({avatar.num_frames} frames, "
+          f"{len(avatar.track.face_frames)} with a face, mask {avatar.mask_mode})")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _run_weights(args) -> None:
+    from .weights import COMPONENTS, RANDOM_MARKER
+
+    root = Path(args.models_dir if args.weights_command != "random" else args.directory).expanduser()
+    if args.weights_command == "random":
+        from .random_weights import write_random_weights
+
+        write_random_weights(root, args.size, args.seed)
+        print(f"Wrote RANDOM {args.size} weights to {root} (for tests and smoke runs: they do not lip-sync).")
+        return
+    if args.weights_command == "check":
+        if (root / RANDOM_MARKER).is_file():
+            print(f"NOTE: {root} holds RANDOM weights ({RANDOM_MARKER}).")
+        missing = 0
+        for component, items in COMPONENTS.items():
+            for item in items:
+                location = item.find(root)
+                if location is None:
+                    missing += 1
+                    print(f"[missing] {component:15} {item.path}  <- {item.source}")
+                else:
+                    digest = "" if args.no_hash else f"  sha256 {_sha256(location)}"
+                    print(f"[ok]      {component:15} {location.relative_to(root)}  {location.stat().st_size:,} B{digest}")
+        print(f"{missing} file(s) missing under {root}." if missing else f"All files present under {root}.")
+        return
+    from .download import download_weights
+
+    download_weights(root, args.only, dry_run=args.dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``musetalk`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
+    progress = _Progress(enabled=not args.quiet)
+    try:
+        if args.command == "dub":
+            _run_dub(args, progress)
+        elif args.command == "avatar":
+            _run_avatar(args, progress)
+        elif args.command == "weights":
+            _run_weights(args)
+        else:
+            from .bench import run
+
+            run(args)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as error:
+        progress.close()
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

