@@ -47,7 +47,7 @@ _UNET_CONFIG = {
     "sample_size": 64,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
-_TINY_UNET = {"block_out_channels": [32, 32, 64, 64], "layers_per_block": 1}
+_TINY_UNET = {"block_out_channels": [16, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
 
 _VAE_CONFIG = {
     "act_fn": "silu",
@@ -62,7 +62,7 @@ _VAE_CONFIG = {
     "sample_size": 256,
     "scaling_factor": 0.18215,
 }
-_TINY_VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1}
+_TINY_VAE = {"block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 8}
 
 _WHISPER_CONFIG = {
     "d_model": 384,

@@ -16,3 +16,20 @@ from musetalk_lib.random_weights import write_random_weights  # noqa: E402
 def random_models(tmp_path_factory) -> Path:
     """A models folder with tiny RANDOM weights in the official layout."""
     return write_random_weights(tmp_path_factory.mktemp("models"), size="tiny", seed=0)
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+@pytest.fixture(scope="session")
+def media() -> Path:
+    """The shared test clips, speech and landmark files (../shared/media)."""
+    assert MEDIA.is_dir(), f"test media not found at {MEDIA}"
+    return MEDIA
+
+
+@pytest.fixture(scope="session")
+def tiny_models(random_models):
+    """Tiny RANDOM MuseTalk models loaded on the CPU in float32 (with the face parser)."""
+    from musetalk_lib.pipeline import MuseTalkModels
+
+    return MuseTalkModels.load(random_models, "v15", device="cpu", dtype="fp32")
