@@ -30,28 +30,37 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .blending import MASK_MODES, blend_alpha, crop_with_padding, expanded_square, landmark_mask, parsing_mask
+from .blending import blend_alpha, crop_with_padding, expanded_square, landmark_mask, parsing_mask
 from .crop import Box, crop_face, official_face_box
-from .face_detection import FaceDetector
-from .face_parsing import PARSING_SIZE, FaceParser
+from .face_parsing import PARSING_SIZE
 from .faces import Face, select_faces, smooth_faces
-from .frame_source import FrameSource
-from .vae import FaceVAE
+from .options import MASK_MODES
+
+if TYPE_CHECKING:
+    from .face_detection import FaceDetector
+    from .face_parsing import FaceParser
+    from .frame_source import FrameSource
+    from .vae import FaceVAE
 
 __all__ = [
     "FORMAT_VERSION",
     "Avatar",
     "AvatarCacheError",
     "AvatarSettings",
+    "BlendMasks",
+    "FaceLatents",
     "FaceTrack",
     "build_track",
     "detect_faces",
+    "encode_faces",
+    "face_masks",
     "prepare_avatar",
 ]
 
@@ -171,14 +180,84 @@ def build_track(faces_per_frame: Sequence[Sequence[Face]], width: int, height: i
     return FaceTrack(boxes, has_face, landmarks)
 
 
-def _face_masks(frames: Sequence[np.ndarray], track: FaceTrack, indices: Sequence[int], mode: str,
-                settings: AvatarSettings, parser: FaceParser | None) -> np.ndarray:
-    """512x512 blending masks (0/255) for frames with a face."""
+def face_masks(frames: Sequence[np.ndarray], track: FaceTrack, indices: Sequence[int], mode: str,
+               settings: AvatarSettings, parser: FaceParser | None) -> np.ndarray:
+    """512x512 blending masks (0/255) of source frames ``indices`` (all with a face), ``frames`` their pixels."""
     squares = [expanded_square(track.box(i), settings.expand) for i in indices]
     if mode == "landmarks":
         return np.stack([landmark_mask(track.landmarks[i], square) for i, square in zip(indices, squares)])
+    if parser is None:
+        raise ValueError(f"Mask mode {mode!r} needs the face-parsing model; use 'landmarks' without it.")
     labels = parser.labels([crop_with_padding(frame, square) for frame, square in zip(frames, squares)])
     return np.stack([parsing_mask(label, mode, settings.cheek_width) for label in labels])
+
+
+def _face_batches(source: FrameSource, track: FaceTrack, batch_size: int):
+    """``(indices, frames)`` of the frames with a face, ``batch_size`` at a time."""
+    face_frames = track.face_frames
+    for start in range(0, len(face_frames), batch_size):
+        indices = [int(i) for i in face_frames[start:start + batch_size]]
+        yield indices, source.frames(indices)
+
+
+def _encode(vae: FaceVAE, track: FaceTrack, indices: Sequence[int], frames: Sequence[np.ndarray]) -> torch.Tensor:
+    crops = np.stack([crop_face(frame, track.box(i)) for frame, i in zip(frames, indices)])
+    return vae.encode_masked_and_reference(crops)
+
+
+class FaceLatents:
+    """UNet input latents (masked, reference) of every source frame with a face, held in memory."""
+
+    def __init__(self, track: FaceTrack, latents: torch.Tensor):
+        self.track = track
+        self._latents = latents
+        self._row = np.full(track.num_frames, -1, np.int64)
+        self._row[track.face_frames] = np.arange(len(track.face_frames))
+
+    def latents(self, frames: Sequence[int]) -> torch.Tensor:
+        """``[k, 8, 32, 32]`` latents of source frames that have a face."""
+        rows = self._row[np.asarray(frames, dtype=np.int64)]
+        if (rows < 0).any():
+            raise ValueError(f"Frames without a face have no latents: {np.asarray(frames)[rows < 0].tolist()}")
+        return self._latents[torch.from_numpy(rows)]
+
+
+def encode_faces(source: FrameSource, track: FaceTrack, vae: FaceVAE, batch_size: int = 8,
+                 progress: Progress | None = None) -> FaceLatents:
+    """Encode the masked and reference latents of every frame with a face (kept on the CPU)."""
+    pieces = []
+    for indices, frames in _face_batches(source, track, batch_size):
+        pieces.append(_encode(vae, track, indices, frames).float().cpu())
+        if progress:
+            progress("encode faces", sum(len(piece) for piece in pieces), len(track.face_frames))
+    latents = torch.cat(pieces) if pieces else torch.zeros((0, 8, 32, 32))
+    return FaceLatents(track, latents)
+
+
+class BlendMasks:
+    """Blending masks computed on demand, once per source frame (parsing runs on the frames given)."""
+
+    def __init__(self, track: FaceTrack, settings: AvatarSettings, mode: str, parser: FaceParser | None = None):
+        if mode not in MASK_MODES:
+            raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
+        self.track, self.settings, self.mode, self.parser = track, settings, mode, parser
+        self._packed: dict[int, np.ndarray] = {}
+
+    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray],
+                      variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
+        """``(box, square, alpha)`` for each source frame in ``indices`` (each must have a face)."""
+        missing = sorted({int(i) for i in indices} - self._packed.keys())
+        if missing:
+            pixels = {int(i): frame for i, frame in zip(indices, frames)}
+            masks = face_masks([pixels[i] for i in missing], self.track, missing, self.mode, self.settings, self.parser)
+            self._packed.update({i: np.packbits(mask > 127) for i, mask in zip(missing, masks)})
+        regions = []
+        for index in indices:
+            mask = (np.unpackbits(self._packed[int(index)]).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
+            box = self.track.box(int(index))
+            square = expanded_square(box, self.settings.expand)
+            regions.append((box, square, blend_alpha(mask, box, square, variant)))
+        return regions
 
 
 class Avatar:
@@ -253,11 +332,15 @@ class Avatar:
         packed = self._rows([frame], "masks")[0].numpy()
         return (np.unpackbits(packed).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
 
-    def blend_region(self, frame: int, variant: str = "normal") -> tuple[Box, Box, np.ndarray]:
-        """``(box, square, alpha)`` for pasting a generated face into source frame ``frame``."""
-        box = self.track.box(frame)
-        square = expanded_square(box, self.settings.expand)
-        return box, square, blend_alpha(self.mask(frame), box, square, variant)
+    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None,
+                      variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
+        """``(box, square, alpha)`` for pasting generated faces into source frames ``indices`` (masks are cached)."""
+        regions = []
+        for index in indices:
+            box = self.track.box(int(index))
+            square = expanded_square(box, self.settings.expand)
+            regions.append((box, square, blend_alpha(self.mask(int(index)), box, square, variant)))
+        return regions
 
 
 def _cache_key(source: FrameSource, settings: AvatarSettings, detection_id: str, vae: FaceVAE,
@@ -317,15 +400,12 @@ def _build(folder: Path, key: str, source: FrameSource, track: FaceTrack, settin
     save_file({"boxes": torch.from_numpy(track.boxes), "has_face": torch.from_numpy(track.has_face.astype(np.uint8)),
                "landmarks": torch.from_numpy(track.landmarks)}, str(folder / "track.safetensors"))
     shards = _ShardWriter(folder)
-    face_frames = track.face_frames
-    for start in range(0, len(face_frames), batch_size):
-        indices = [int(i) for i in face_frames[start:start + batch_size]]
-        frames = source.frames(indices)
-        crops = np.stack([crop_face(frame, track.box(i)) for frame, i in zip(frames, indices)])
-        shards.add(vae.encode_masked_and_reference(crops), _face_masks(frames, track, indices, mask_mode,
-                                                                         settings, parser))
+    done = 0
+    for indices, frames in _face_batches(source, track, batch_size):
+        shards.add(_encode(vae, track, indices, frames), face_masks(frames, track, indices, mask_mode, settings, parser))
+        done += len(indices)
         if progress:
-            progress("encode avatar", start + len(indices), len(face_frames))
+            progress("encode avatar", done, len(track.face_frames))
     shards.close()
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -333,7 +413,7 @@ def _build(folder: Path, key: str, source: FrameSource, track: FaceTrack, settin
         "settings": asdict(settings),
         "mask_mode": mask_mode,
         "num_frames": track.num_frames,
-        "frames_with_face": int(len(face_frames)),
+        "frames_with_face": int(len(track.face_frames)),
         "width": source.width,
         "height": source.height,
         "frame_rate": [source.frame_rate.numerator, source.frame_rate.denominator],

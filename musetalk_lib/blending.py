@@ -20,6 +20,7 @@ from PIL import Image
 
 from .crop import Box, resize_face_to_box
 from .face_parsing import PARSING_SIZE
+from .options import BLEND_VARIANTS, MASK_MODES, PARSING_MODES
 
 __all__ = [
     "BLEND_VARIANTS",
@@ -35,9 +36,6 @@ __all__ = [
     "resize_mask_to_square",
 ]
 
-PARSING_MODES = ("raw", "jaw", "neck")
-MASK_MODES = (*PARSING_MODES, "landmarks")
-BLEND_VARIANTS = ("normal", "realtime")
 DEFAULT_EXPAND = 1.5
 DEFAULT_CHEEK_WIDTH = 90  # what the v1.5 scripts pass; the parser class default is 80
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .vae import FACE_SIZE
-
 __all__ = [
     "Box",
+    "FACE_SIZE",
     "NOSE_BRIDGE",
     "V15_EXTRA_MARGIN",
     "add_bottom_margin",
@@ -22,6 +21,8 @@ __all__ = [
 ]
 
 Box = tuple[int, int, int, int]
+
+FACE_SIZE = 256  # side of the model's face crop
 
 NOSE_BRIDGE = 29  # iBUG-68 index of the point the crop is centred on vertically
 V15_EXTRA_MARGIN = 10  # pixels added below the chin by MuseTalk v1.5

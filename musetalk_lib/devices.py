@@ -32,7 +32,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     """
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype is None or dtype == "auto":
+    if dtype in (None, "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
     try:
         return DTYPES[dtype]

@@ -25,6 +25,7 @@ import torch
 
 from .checkpoint import load_state_dict
 from .faces import Face
+from .options import FACE_BACKENDS
 from .weights import locate, path_identity
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "torch_hub_checkpoints",
 ]
 
-BACKENDS = ("face-alignment", "dlib")
+BACKENDS = FACE_BACKENDS
 
 
 class FaceDetector(Protocol):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import FACE_SELECTIONS
+
 __all__ = [
     "SELECTION_MODES",
     "Face",
@@ -26,7 +28,7 @@ __all__ = [
     "smooth_faces",
 ]
 
-SELECTION_MODES = ("largest", "index", "point")
+SELECTION_MODES = FACE_SELECTIONS
 
 
 @dataclass(frozen=True)

