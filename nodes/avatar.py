@@ -16,6 +16,17 @@ MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif",
                   ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 PREVIEW_FRAMES = 4
 
+def source_inputs() -> dict:
+    """The file widget (with ComfyUI's upload button) and the frame rate used for IMAGE batches and stills."""
+    return {
+        "file": ([""] + media_files(), {"video_upload": True,
+                                        "tooltip": "Video or image in the input folder; streamed, never loaded "
+                                                   "whole. Ignored when an IMAGE batch is connected."}),
+        "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                          "tooltip": "Frame rate of an IMAGE batch or a still; video files keep their own."}),
+    }
+
+
 FACE_INPUTS = {
     "face_backend": (list(FACE_BACKENDS) + [LANDMARKS_FILE], {
         "default": "face-alignment",
@@ -32,6 +43,8 @@ FACE_INPUTS = {
     "face_point_y": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip": "With 'point': a pixel inside the face."}),
     "smoothing": ("INT", {"default": 2, "min": 0, "max": 12,
                           "tooltip": "Temporal smoothing of the face box, in frames each side (0 = off)."}),
+    "landmarks_file": ("STRING", {"default": "", "tooltip": "With 'landmarks file': a 68-point landmarks JSON "
+                                                            "in the input folder."}),
 }
 
 
@@ -111,18 +124,11 @@ class MuseTalkLoadAvatar:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # Every widget is required: ComfyUI's frontend adds the upload button after the required inputs.
         return {
-            "required": {
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                                  "tooltip": "Frame rate of an IMAGE batch or a still; video files keep their own."}),
-                **FACE_INPUTS,
-            },
+            "required": {**source_inputs(), **FACE_INPUTS},
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Frames from any loader (VHS Load Video, Get Video Components...)."}),
-                "file": ([""] + media_files(), {"video_upload": True,
-                                                "tooltip": "Video or image in the input folder; streamed, "
-                                                           "never loaded whole. Used when no IMAGE is connected."}),
-                "landmarks_file": ("STRING", {"default": "", "tooltip": "68-point landmarks JSON (input folder)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -136,7 +142,7 @@ class MuseTalkLoadAvatar:
     DESCRIPTION = "Tracks the face to dub in a video, an image or an IMAGE batch. Frames without a face pass through."
 
     @classmethod
-    def IS_CHANGED(cls, file="", landmarks_file="", images=None, **_):
+    def IS_CHANGED(cls, file="", landmarks_file="", **_):
         digest = hashlib.sha256()
         for name in (file, landmarks_file):
             path = resolve_input(name) if name else None
@@ -152,8 +158,8 @@ class MuseTalkLoadAvatar:
             return f"Landmarks file not found: {landmarks_file}"
         return True
 
-    def load(self, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-             face_point_y, smoothing, images=None, file="", landmarks_file="", unique_id=None):
+    def load(self, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
+             face_point_y, smoothing, landmarks_file, images=None, unique_id=None):
         from .convert import AvatarPayload, frames_to_image
 
         source = open_frames(images, file, fps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..musetalk_lib.options import BLEND_VARIANTS, LENGTH_POLICIES, MASK_MODES
-from .avatar import FACE_INPUTS, avatar_settings, media_files, open_frames, track_faces
+from .avatar import FACE_INPUTS, avatar_settings, open_frames, source_inputs, track_faces
 from .generation import BATCH_SIZE, LENGTH_POLICY
 from .runtime import Progress, output_is_linked
 
@@ -25,8 +25,7 @@ class MuseTalkDub:
                 "vae": ("MUSETALK_VAE",),
                 "whisper": ("MUSETALK_WHISPER",),
                 "audio": ("AUDIO",),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                                  "tooltip": "Frame rate of an IMAGE batch or a still; video files keep their own."}),
+                **source_inputs(),
                 **FACE_INPUTS,
                 "mask_mode": (list(MASK_MODES), {"default": "jaw",
                                                  "tooltip": "jaw (v1.5), raw (v1.0), neck need the face parser; "
@@ -36,10 +35,8 @@ class MuseTalkDub:
                 "batch_size": BATCH_SIZE,
             },
             "optional": {
-                "images": ("IMAGE",),
-                "file": ([""] + media_files(), {"video_upload": True}),
-                "landmarks_file": ("STRING", {"default": ""}),
-                "face_parser": ("MUSETALK_FACE_PARSER",),
+                "images": ("IMAGE", {"tooltip": "Frames to dub instead of the file."}),
+                "face_parser": ("MUSETALK_FACE_PARSER", {"tooltip": "Needed for the jaw/raw/neck masks."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
@@ -59,9 +56,9 @@ class MuseTalkDub:
 
         return MuseTalkLoadAvatar.VALIDATE_INPUTS(file=file, landmarks_file=landmarks_file)
 
-    def dub(self, unet, vae, whisper, audio, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index,
-            face_point_x, face_point_y, smoothing, mask_mode, blend, length_policy, batch_size, images=None, file="",
-            landmarks_file="", face_parser=None, unique_id=None, prompt=None):
+    def dub(self, unet, vae, whisper, audio, file, fps, face_backend, bbox_shift, extra_margin, face_selection,
+            face_index, face_point_x, face_point_y, smoothing, landmarks_file, mask_mode, blend, length_policy,
+            batch_size, images=None, face_parser=None, unique_id=None, prompt=None):
         from ..musetalk_lib.audio_features import AudioFeatures
         from ..musetalk_lib.audio_io import WHISPER_SAMPLE_RATE, to_whisper_input
         from ..musetalk_lib.avatar import BlendMasks, encode_faces

@@ -127,6 +127,11 @@ AVATAR_ARGS = dict(face_backend="landmarks file", bbox_shift=0, extra_margin=10,
                    face_index=0, face_point_x=0, face_point_y=0, smoothing=2)
 
 
+def avatar(file="", landmarks_file="", fps=25.0, **overrides):
+    return node("MuseTalkLoadAvatar").load(file=file, fps=fps, landmarks_file=landmarks_file,
+                                           **{**AVATAR_ARGS, **overrides})
+
+
 def probe(path):
     with av.open(str(path)) as container:
         video = container.streams.video[0]
@@ -134,12 +139,11 @@ def probe(path):
 
 
 def test_composable_blocks_make_a_video(workspace, loaded, media):
-    avatar, preview, fps, count = node("MuseTalkLoadAvatar").load(
-        25.0, file="talking_closeup.mp4", landmarks_file="landmarks/talking_closeup.json", **AVATAR_ARGS)
+    avatar_value, preview, fps, count = avatar("talking_closeup.mp4", "landmarks/talking_closeup.json")
     assert fps == 15.0 and count == 45 and preview.shape[-1] == 3 and preview.dtype == torch.float32
     features, frames = node("MuseTalkWhisperAudioFeatures").encode(
         loaded["whisper"], LazyAudio(audio_value(media / "speech_short.wav")), fps, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar, loaded["vae"], 8)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 8)
     predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 8, "pingpong")
     assert predicted.latents.shape == (frames, 4, 32, 32)
     images, stream, out_fps = node("MuseTalkBlendMouth").blend(predicted, loaded["vae"], "landmarks", "normal", 90, 8,
@@ -157,11 +161,10 @@ def test_composable_blocks_make_a_video(workspace, loaded, media):
 
 
 def test_blend_mouth_builds_images_only_when_they_are_used(workspace, loaded, media):
-    avatar, *_ = node("MuseTalkLoadAvatar").load(25.0, file="face_still.png",
-                                                 landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
     features, frames = node("MuseTalkWhisperAudioFeatures").encode(
         loaded["whisper"], audio_value(media / "speech_short.wav"), 25.0, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar, loaded["vae"], 4)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
     predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
     prompt = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
     images, stream, _ = node("MuseTalkBlendMouth").blend(predicted, loaded["vae"], "jaw", "realtime", 90, 4, True,
@@ -175,7 +178,7 @@ def test_dub_node_returns_matching_frames_and_audio(workspace, loaded, media):
     images = torch.from_numpy(frames).float() / 255
     speech = audio_value(media / "speech_44k_stereo.wav")
     out_images, out_audio, fps, stream = node("MuseTalkDub").dub(
-        loaded["unet"], loaded["vae"], loaded["whisper"], speech, 15.0, mask_mode="landmarks", blend="normal",
+        loaded["unet"], loaded["vae"], loaded["whisper"], speech, "", 15.0, mask_mode="landmarks", blend="normal",
         length_policy="trim", batch_size=8, images=images, landmarks_file="landmarks/talking_closeup.json",
         **AVATAR_ARGS)
     assert out_images.shape == (45, 350, 350, 3) and fps == 15.0 and stream.num_frames == 45
@@ -194,18 +197,17 @@ def test_image_batch_input_and_odd_sizes_pad_to_even(workspace, loaded, media):
     data["frames"] = data["frames"][:4]
     landmarks.write_text(json.dumps(data))
     out_images, *_ = node("MuseTalkDub").dub(
-        loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), 15.0,
+        loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), "", 15.0,
         mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8, images=images,
         landmarks_file=str(landmarks), **AVATAR_ARGS)
     assert out_images.shape[1:] == (350, 352, 3)
 
 
 def test_fps_mismatch_is_explained(workspace, loaded, media):
-    avatar, *_ = node("MuseTalkLoadAvatar").load(25.0, file="face_still.png",
-                                                 landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
     features, _ = node("MuseTalkWhisperAudioFeatures").encode(
         loaded["whisper"], audio_value(media / "speech_short.wav"), 30.0, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar, loaded["vae"], 4)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
     with pytest.raises(ValueError, match="Load Avatar's fps"):
         node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
 
@@ -222,7 +224,7 @@ def test_load_avatar_validation(workspace):
     assert cls.VALIDATE_INPUTS(file="talking_closeup.mp4") is True
     assert "not found" in cls.VALIDATE_INPUTS(file="nope.mp4")
     with pytest.raises(ValueError, match="Connect an IMAGE"):
-        node("MuseTalkLoadAvatar").load(25.0, **AVATAR_ARGS)
+        avatar()
 
 
 def test_output_link_detection():

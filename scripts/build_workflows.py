@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Write the example workflows: ``workflows/<name>.json`` (UI format) and ``workflows/api/<name>.json`` (API format).
+
+Each graph is declared once below; widget order and defaults come from the
+nodes' own ``INPUT_TYPES``, so both formats always match the node definitions.
+Run after changing a node's inputs: ``python scripts/build_workflows.py [OUTPUT_DIR]``
+(default: the repository's ``workflows/``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_ID = "musetalk-lipsync"
+SOCKET_WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+# The few core ComfyUI nodes the examples use: widget names and output sockets.
+CORE_NODES = {
+    "LoadAudio": {"widgets": {"audio": ""}, "outputs": [("AUDIO", "AUDIO")], "ui_extra": []},
+    "LoadImage": {"widgets": {"image": ""}, "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "ui_extra": ["image"]},
+    "PreviewImage": {"widgets": {}, "inputs": [("images", "IMAGE")], "outputs": []},
+}
+
+MODEL_HINTS = {
+    "MuseTalkUNetLoader": [("musetalkV15/unet.pth", "TMElyralab/MuseTalk", "musetalkV15/unet.pth"),
+                           ("musetalkV15/musetalk.json", "TMElyralab/MuseTalk", "musetalkV15/musetalk.json")],
+    "MuseTalkVAELoader": [("sd-vae/diffusion_pytorch_model.bin", "stabilityai/sd-vae-ft-mse",
+                           "diffusion_pytorch_model.bin"), ("sd-vae/config.json", "stabilityai/sd-vae-ft-mse", "config.json")],
+    "MuseTalkWhisperLoader": [("whisper/pytorch_model.bin", "openai/whisper-tiny", "pytorch_model.bin"),
+                              ("whisper/config.json", "openai/whisper-tiny", "config.json"),
+                              ("whisper/preprocessor_config.json", "openai/whisper-tiny", "preprocessor_config.json")],
+    "MuseTalkFaceParserLoader": [("face-parse-bisent/79999_iter.pth", "ManyOtherFunctions/face-parse-bisent",
+                                  "79999_iter.pth")],
+}
+
+
+def load_pack():
+    spec = importlib.util.spec_from_file_location("musetalk_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["musetalk_pack"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PACK = load_pack()
+
+
+def is_widget(spec) -> bool:
+    return isinstance(spec[0], list) or spec[0] in SOCKET_WIDGETS
+
+
+def interface(class_type: str) -> dict:
+    """Widgets (name -> default, in order), socket inputs and outputs of a node type."""
+    if class_type in CORE_NODES:
+        core = CORE_NODES[class_type]
+        return {"widgets": dict(core["widgets"]), "inputs": core.get("inputs", []), "outputs": core["outputs"],
+                "ui_extra": core.get("ui_extra", [])}
+    cls = PACK.NODE_CLASS_MAPPINGS[class_type]
+    declared = cls.INPUT_TYPES()
+    specs = {**declared["required"], **declared.get("optional", {})}
+    widgets = {name: spec[1].get("default", spec[0][0] if isinstance(spec[0], list) else None)
+               for name, spec in specs.items() if is_widget(spec)}
+    inputs = [(name, spec[0]) for name, spec in specs.items() if not is_widget(spec)]
+    outputs = list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES))
+    return {"widgets": widgets, "inputs": inputs, "outputs": outputs, "ui_extra": []}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
+    title: str | None = None
+
+
+@dataclass
+class Graph:
+    name: str
+    description: str
+    nodes: list[Node]
+
+
+def loaders(x: int = 0, y: int = 0, parser: bool = True) -> list[Node]:
+    nodes = [
+        Node(1, "MuseTalkUNetLoader", (x, y), {"version": "v15"}),
+        Node(2, "MuseTalkVAELoader", (x, y + 130)),
+        Node(3, "MuseTalkWhisperLoader", (x, y + 230)),
+    ]
+    if parser:
+        nodes.append(Node(4, "MuseTalkFaceParserLoader", (x, y + 330)))
+    return nodes
+
+
+GRAPHS = [
+    Graph("musetalk_dub_video_blocks",
+          "Dub a video with a speech file, every MuseTalk block wired separately; frames stream to the encoder.",
+          loaders() + [
+              Node(5, "LoadAudio", (0, 450), {"audio": "speech_16k_mono.wav"}),
+              Node(6, "MuseTalkLoadAvatar", (380, 0), {"file": "talking_closeup.mp4"}),
+              Node(7, "PreviewImage", (760, 0), links={"images": (6, 1)}, title="Crop boxes"),
+              Node(8, "MuseTalkWhisperAudioFeatures", (380, 560), links={"whisper": (3, 0), "audio": (5, 0), "fps": (6, 2)}),
+              Node(9, "MuseTalkVAEEncodeMaskedFace", (760, 330), links={"avatar": (6, 0), "vae": (2, 0)}),
+              Node(10, "MuseTalkUNet", (1100, 330), links={"unet": (1, 0), "face_latents": (9, 0), "audio_features": (8, 0)}),
+              Node(11, "MuseTalkBlendMouth", (1440, 330),
+                   links={"predicted_latents": (10, 0), "vae": (2, 0), "face_parser": (4, 0)}),
+              Node(12, "MuseTalkVideoCombine", (1800, 330), {"filename_prefix": "MuseTalk/dub_blocks"},
+                   links={"frames": (11, 1), "audio": (5, 0), "fps": (11, 2)}),
+          ]),
+    Graph("musetalk_dub_video_one_node",
+          "Dub a video with a speech file using the single MuseTalk Dub node.",
+          loaders() + [
+              Node(5, "LoadAudio", (0, 450), {"audio": "speech_16k_mono.wav"}),
+              Node(6, "MuseTalkDub", (380, 0), {"file": "talking_closeup.mp4"},
+                   links={"unet": (1, 0), "vae": (2, 0), "whisper": (3, 0), "audio": (5, 0), "face_parser": (4, 0)}),
+              Node(7, "MuseTalkVideoCombine", (800, 0), {"filename_prefix": "MuseTalk/dub_one_node"},
+                   links={"frames": (6, 3), "audio": (6, 1), "fps": (6, 2)}),
+          ]),
+    Graph("musetalk_dub_still_image",
+          "Make a still portrait talk: a core Load Image batch of one frame goes into MuseTalk Dub.",
+          loaders() + [
+              Node(5, "LoadAudio", (0, 450), {"audio": "speech_short.wav"}),
+              Node(6, "LoadImage", (0, 580), {"image": "face_still.png"}),
+              Node(7, "MuseTalkDub", (380, 0), {"fps": 25.0, "length_policy": "loop"},
+                   links={"unet": (1, 0), "vae": (2, 0), "whisper": (3, 0), "audio": (5, 0), "images": (6, 0),
+                          "face_parser": (4, 0)}),
+              Node(8, "MuseTalkVideoCombine", (800, 0), {"filename_prefix": "MuseTalk/still"},
+                   links={"images": (7, 0), "audio": (7, 1), "fps": (7, 2)}),
+          ]),
+    Graph("musetalk_avatar_two_speeches",
+          "Prepare an avatar once (faces and latents) and dub it with two different speech files.",
+          loaders() + [
+              Node(5, "MuseTalkLoadAvatar", (380, 0), {"file": "talking_avatar.mp4"}),
+              Node(6, "MuseTalkVAEEncodeMaskedFace", (760, 0), links={"avatar": (5, 0), "vae": (2, 0)}),
+              Node(7, "LoadAudio", (0, 450), {"audio": "speech_16k_mono.wav"}, title="Speech 1"),
+              Node(8, "LoadAudio", (0, 600), {"audio": "speech_44k_stereo.wav"}, title="Speech 2"),
+              Node(9, "MuseTalkWhisperAudioFeatures", (380, 450), links={"whisper": (3, 0), "audio": (7, 0), "fps": (5, 2)}),
+              Node(10, "MuseTalkWhisperAudioFeatures", (380, 700), links={"whisper": (3, 0), "audio": (8, 0), "fps": (5, 2)}),
+              Node(11, "MuseTalkUNet", (1100, 300), links={"unet": (1, 0), "face_latents": (6, 0), "audio_features": (9, 0)}),
+              Node(12, "MuseTalkUNet", (1100, 600), links={"unet": (1, 0), "face_latents": (6, 0), "audio_features": (10, 0)}),
+              Node(13, "MuseTalkBlendMouth", (1440, 300),
+                   links={"predicted_latents": (11, 0), "vae": (2, 0), "face_parser": (4, 0)}),
+              Node(14, "MuseTalkBlendMouth", (1440, 600),
+                   links={"predicted_latents": (12, 0), "vae": (2, 0), "face_parser": (4, 0)}),
+              Node(15, "MuseTalkVideoCombine", (1800, 300), {"filename_prefix": "MuseTalk/avatar_speech1"},
+                   links={"frames": (13, 1), "audio": (7, 0), "fps": (13, 2)}),
+              Node(16, "MuseTalkVideoCombine", (1800, 600), {"filename_prefix": "MuseTalk/avatar_speech2"},
+                   links={"frames": (14, 1), "audio": (8, 0), "fps": (14, 2)}),
+          ]),
+]
+
+
+def widget_values(node: Node, spec: dict) -> dict:
+    unknown = set(node.widgets) - set(spec["widgets"])
+    if unknown:
+        raise ValueError(f"node {node.id} ({node.type}) has no widgets {sorted(unknown)}")
+    return {**spec["widgets"], **node.widgets}
+
+
+def api_format(graph: Graph) -> dict:
+    prompt = {}
+    for node in graph.nodes:
+        spec = interface(node.type)
+        inputs = {name: value for name, value in widget_values(node, spec).items() if name not in node.links}
+        inputs.update({name: [str(source), slot] for name, (source, slot) in node.links.items()})
+        prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs,
+                                "_meta": {"title": node.title or display_name(node.type)}}
+    return prompt
+
+
+def display_name(class_type: str) -> str:
+    return PACK.NODE_DISPLAY_NAME_MAPPINGS.get(class_type, class_type)
+
+
+def ui_format(graph: Graph) -> dict:
+    specs = {node.id: interface(node.type) for node in graph.nodes}
+    links, outgoing = [], {}
+    for node in graph.nodes:
+        for name, (source, slot) in sorted(node.links.items()):
+            link_type = specs[source]["outputs"][slot][1]
+            links.append([len(links) + 1, source, slot, node.id, name, link_type])
+            outgoing.setdefault((source, slot), []).append(len(links))
+    nodes = []
+    for order, node in enumerate(graph.nodes):
+        spec = specs[node.id]
+        values = widget_values(node, spec)
+        inputs = [{"name": name, "type": kind, "link": None} for name, kind in spec["inputs"]]
+        inputs += [{"name": name, "type": kind_of(node.type, name), "widget": {"name": name}, "link": None}
+                   for name in values if name in node.links]
+        for link in links:
+            if link[3] == node.id:
+                position = next(i for i, entry in enumerate(inputs) if entry["name"] == link[4])
+                inputs[position]["link"] = link[0]
+        outputs = [{"name": name, "type": kind, "links": outgoing.get((node.id, slot), []), "slot_index": slot}
+                   for slot, (name, kind) in enumerate(spec["outputs"])]
+        properties = {"Node name for S&R": node.type,
+                      "cnr_id": "comfy-core" if node.type in CORE_NODES else PACK_ID}
+        if node.type in MODEL_HINTS:
+            properties["models"] = [
+                {"name": name, "url": f"https://huggingface.co/{repo}/resolve/main/{file}", "directory": "musetalk"}
+                for name, repo, file in MODEL_HINTS[node.type]]
+        entry = {
+            "id": node.id, "type": node.type, "pos": list(node.pos),
+            "size": [320, 60 + 26 * (len(values) + max(len(inputs), len(outputs)))],
+            "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": properties, "widgets_values": list(values.values()) + spec["ui_extra"],
+        }
+        if node.title:
+            entry["title"] = node.title
+        nodes.append(entry)
+    # UI links name the target slot by index into the node's inputs list.
+    for link in links:
+        target = next(entry for entry in nodes if entry["id"] == link[3])
+        link[4] = next(i for i, entry in enumerate(target["inputs"]) if entry["name"] == link[4])
+    return {
+        "last_node_id": max(node.id for node in graph.nodes),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "info": {"description": graph.description}},
+        "version": 0.4,
+    }
+
+
+def kind_of(class_type: str, name: str) -> str:
+    declared = PACK.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    spec = {**declared["required"], **declared.get("optional", {})}[name]
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "workflows"
+    (folder / "api").mkdir(parents=True, exist_ok=True)
+    for graph in GRAPHS:
+        (folder / f"{graph.name}.json").write_text(json.dumps(ui_format(graph), indent=2) + "\n", encoding="utf-8")
+        (folder / "api" / f"{graph.name}.json").write_text(json.dumps(api_format(graph), indent=2) + "\n",
+                                                           encoding="utf-8")
+        print(f"wrote {folder / graph.name}.json and {folder / 'api' / graph.name}.json")
+
+
+if __name__ == "__main__":
+    main()

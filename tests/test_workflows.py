@@ -1,0 +1,135 @@
+"""Example workflows: UI and API twins agree, and both match the node definitions."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDER = REPO / "workflows"
+UI_FILES = sorted(FOLDER.glob("*.json"))
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+# Interfaces of the core ComfyUI nodes the examples use (the server test checks them against a real ComfyUI).
+CORE = {
+    "LoadAudio": {"widgets": {"audio": ("STRING", {})}, "inputs": {}, "outputs": ["AUDIO"]},
+    "LoadImage": {"widgets": {"image": ("STRING", {})}, "inputs": {}, "outputs": ["IMAGE", "MASK"]},
+    "PreviewImage": {"widgets": {}, "inputs": {"images": "IMAGE"}, "outputs": [], "output_node": True},
+}
+MEDIA_COMBOS = {"file"}  # lists of files in the input folder: any name is allowed here
+
+
+def load_pack():
+    name = "musetalk_pack_workflows"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+NODES = load_pack().NODE_CLASS_MAPPINGS
+
+
+def definition(class_type):
+    if class_type in CORE:
+        return CORE[class_type]
+    assert class_type in NODES, f"unknown node type {class_type}"
+    cls = NODES[class_type]
+    declared = cls.INPUT_TYPES()
+    specs = {**declared["required"], **declared.get("optional", {})}
+    widgets = {n: s for n, s in specs.items() if isinstance(s[0], list) or s[0] in WIDGET_TYPES}
+    return {
+        "widgets": widgets,
+        "inputs": {n: s[0] for n, s in specs.items() if n not in widgets},
+        "required": set(declared["required"]),
+        "outputs": list(cls.RETURN_TYPES),
+        "output_node": getattr(cls, "OUTPUT_NODE", False),
+    }
+
+
+def check_value(class_type, name, spec, value):
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    where = f"{class_type}.{name}={value!r}"
+    if isinstance(kind, list):
+        assert isinstance(value, str), where
+        assert name in MEDIA_COMBOS or value in kind, where
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), where
+        assert options.get("min", value) <= value <= options.get("max", value), where
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and options.get("min", value) <= value <= options.get("max", value), where
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), where
+    else:
+        assert isinstance(value, str), where
+
+
+def test_there_are_four_example_workflows_with_api_twins():
+    names = {path.stem for path in UI_FILES}
+    assert len(names) >= 4
+    assert names == {path.stem for path in (FOLDER / "api").glob("*.json")}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_api_workflow_matches_the_nodes(path):
+    prompt = json.loads((FOLDER / "api" / path.name).read_text())
+    assert any(definition(node["class_type"]).get("output_node") for node in prompt.values())
+    for node_id, node in prompt.items():
+        spec = definition(node["class_type"])
+        inputs = node["inputs"]
+        for name, value in inputs.items():
+            if isinstance(value, list):
+                source, slot = value
+                source_type = definition(prompt[source]["class_type"])["outputs"][slot]
+                target_type = spec["inputs"].get(name) or spec["widgets"][name][0]
+                assert source_type == target_type, f"{node_id}.{name}: {source_type} -> {target_type}"
+            else:
+                assert name in spec["widgets"], f"{node_id}: unknown widget {name}"
+                check_value(node["class_type"], name, spec["widgets"][name], value)
+        for name in spec.get("required", set()):
+            assert name in inputs, f"{node_id} ({node['class_type']}) misses required input {name}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_ui_workflow_is_the_api_twin(path):
+    ui = json.loads(path.read_text())
+    prompt = json.loads((FOLDER / "api" / path.name).read_text())
+    assert ui["version"] == 0.4 and ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
+    assert ui["last_link_id"] == len(ui["links"])
+    nodes = {str(n["id"]): n for n in ui["nodes"]}
+    assert set(nodes) == set(prompt)
+    links = {link[0]: link for link in ui["links"]}
+    for node_id, node in nodes.items():
+        api = prompt[node_id]
+        assert node["type"] == api["class_type"]
+        spec = definition(node["type"])
+        values = dict(zip(spec["widgets"], node["widgets_values"]))
+        assert len(node["widgets_values"]) >= len(spec["widgets"]), f"{node_id}: widgets_values too short"
+        for name, value in values.items():
+            if not isinstance(api["inputs"].get(name), list):
+                assert api["inputs"][name] == value, f"{node_id}.{name}: UI {value!r} != API {api['inputs'][name]!r}"
+        for slot, entry in enumerate(node["inputs"]):
+            if entry["link"] is None:
+                continue
+            _, source, source_slot, target, target_slot, kind = links[entry["link"]]
+            assert (target, target_slot) == (node["id"], slot)
+            assert api["inputs"][entry["name"]] == [str(source), source_slot]
+            assert nodes[str(source)]["outputs"][source_slot]["type"] == kind == entry["type"]
+            assert entry["link"] in nodes[str(source)]["outputs"][source_slot]["links"]
+        linked = {name for name, value in api["inputs"].items() if isinstance(value, list)}
+        assert linked == {entry["name"] for entry in node["inputs"] if entry["link"] is not None}
+
+
+def test_workflows_are_up_to_date(tmp_path):
+    """The committed files are exactly what scripts/build_workflows.py writes from the node definitions."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_workflows.py"), str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    committed = {p.relative_to(FOLDER): p.read_bytes() for p in FOLDER.rglob("*.json")}
+    built = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.json")}
+    assert committed == built, "run `python scripts/build_workflows.py` and commit the result"
