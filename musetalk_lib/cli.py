@@ -151,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="tiny: a few MB, fast on CPU; full: official sizes (about 3.7 GB)")
     random_weights.add_argument("--seed", type=int, default=0)
 
-    bench = commands.add_parser("bench", help="measure frames per second per stage and peak memory")
-    from .bench import add_arguments
+    from . import bench, comfy_client
 
-    add_arguments(bench)
+    bench.add_arguments(commands.add_parser("bench", help="measure frames per second per stage and peak memory"))
+    comfy_client.add_arguments(commands.add_parser(
+        "queue", help="run an API-format workflow on a ComfyUI server and download its outputs"))
     return parser
 
 
@@ -268,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             _run_avatar(args, progress)
         elif args.command == "weights":
             _run_weights(args)
+        elif args.command == "queue":
+            from .comfy_client import run
+
+            run(args)
         else:
             from .bench import run
 

@@ -14,6 +14,8 @@ import argparse
 import copy
 import json
 import os
+import shutil
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -42,6 +44,7 @@ __all__ = [
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 ALL_NODES = "*"
+PROGRESS_INTERVAL = 1.0  # seconds between two progress lines of one node (the last one always shows)
 Workflow = dict[str, dict[str, Any]]
 
 
@@ -99,7 +102,7 @@ def _split_target(key: str, text: str) -> tuple[str, str]:
 
 
 def parse_override(text: str) -> Override:
-    """Parse ``NODE.INPUT=VALUE``; VALUE is JSON when it parses as JSON (``3``, ``true``, ``["4", 0]``), else a string."""
+    """Parse ``NODE.INPUT=VALUE``; VALUE is JSON if it parses (``3``, ``true``, ``["4", 0]``), else a string."""
     key, sep, raw = text.partition("=")
     if not sep:
         raise ValueError(f"expected NODE.INPUT=VALUE, got {text!r}")
@@ -203,11 +206,14 @@ class ComfyClient:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    def _request(self, path: str, data: bytes | None = None, content_type: str | None = None) -> bytes:
+    def _open(self, path: str, data: bytes | None = None, content_type: str | None = None) -> Any:
         request = urllib.request.Request(self.server + path, data=data)
         if content_type:
             request.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
+        return urllib.request.urlopen(request, timeout=self.request_timeout)
+
+    def _request(self, path: str, data: bytes | None = None, content_type: str | None = None) -> bytes:
+        with self._open(path, data, content_type) as response:
             return response.read()
 
     def _get_json(self, path: str) -> Any:
@@ -260,7 +266,8 @@ class ComfyClient:
             subfolder = [part for part in Path(entry["subfolder"]).parts if part not in ("..", "/", "\\")]
             target = Path(output_dir).joinpath(*subfolder, Path(entry["filename"]).name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self._request("/view?" + urllib.parse.urlencode(entry)))
+            with self._open("/view?" + urllib.parse.urlencode(entry)) as response, open(target, "wb") as file:
+                shutil.copyfileobj(response, file)
             paths.append(target)
         return paths
 
@@ -279,20 +286,21 @@ class ComfyClient:
             self._progress(f"no websocket ({error}); polling /history instead")
             return None
 
-    def _follow(self, socket: Any, prompt_id: str, workflow: Workflow, deadline: float) -> None:
+    def _follow(self, connection: Any, prompt_id: str, workflow: Workflow, deadline: float) -> None:
         """Print progress from websocket events until the prompt ends; raise on its execution error."""
         import websocket
 
         def describe(node_id: Any) -> str:
             return f"[{node_id}] {workflow.get(str(node_id), {}).get('class_type', '?')}"
 
+        last_shown: dict[Any, float] = {}
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            socket.settimeout(remaining)
+            connection.settimeout(remaining)
             try:
-                message = socket.recv()
+                message = connection.recv()
             except websocket.WebSocketTimeoutException:
                 return
             except (OSError, websocket.WebSocketException):
@@ -302,14 +310,18 @@ class ComfyClient:
                 continue  # binary frames carry preview images
             event = json.loads(message)
             kind, data = event.get("type"), event.get("data") or {}
-            if data.get("prompt_id", prompt_id) != prompt_id:
-                continue
+            if data.get("prompt_id") != prompt_id:
+                continue  # another prompt's event, or one not tied to a prompt (status, reconnect)
             if kind == "execution_cached" and data.get("nodes"):
                 self._progress("cached: " + ", ".join(describe(node) for node in data["nodes"]))
             elif kind == "executing" and data.get("node") is not None:
                 self._progress(f"{describe(data['node'])}: running")
             elif kind == "progress":
-                self._progress(f"{describe(data.get('node'))}: {data.get('value')}/{data.get('max')}")
+                node, now = data.get("node"), time.monotonic()
+                finished = data.get("value") == data.get("max")
+                if finished or now - last_shown.get(node, float("-inf")) >= PROGRESS_INTERVAL:
+                    last_shown[node] = now
+                    self._progress(f"{describe(node)}: {data.get('value')}/{data.get('max')}")
             elif kind == "executed":
                 self._progress(f"{describe(data.get('node'))}: done")
             elif kind == "execution_error":
@@ -335,15 +347,15 @@ class ComfyClient:
         workflow = apply_overrides(workflow, changes)
 
         deadline = time.monotonic() + timeout
-        socket = self._connect_websocket()
+        connection = self._connect_websocket()
         try:
             prompt_id = self.submit(workflow)
             self._progress(f"queued prompt {prompt_id} ({len(workflow)} nodes)")
-            if socket is not None:
-                self._follow(socket, prompt_id, workflow, deadline)
+            if connection is not None:
+                self._follow(connection, prompt_id, workflow, deadline)
         finally:
-            if socket is not None:
-                socket.close()
+            if connection is not None:
+                connection.close()
         entry = self.wait(prompt_id, max(deadline - time.monotonic(), self.poll_interval))
         return self.download(entry.get("outputs", {}), output_dir)
 
@@ -375,12 +387,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "name there (repeatable)")
     parser.add_argument("--output-dir", type=Path, default=Path("."),
                         help="where the output files go, in their server subfolders (default: current folder)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the prompt (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds to wait for the prompt (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    """Run ``musetalk queue``; prints progress and the downloaded paths, returns those paths."""
-    client = ComfyClient(args.server, progress=print)
+    """Run ``musetalk queue``: progress goes to stderr, the downloaded paths to stdout; returns those paths."""
+    client = ComfyClient(args.server, progress=lambda line: print(line, file=sys.stderr, flush=True))
     paths = client.run(load_workflow(args.workflow), args.overrides, args.uploads, args.output_dir, args.timeout)
     for path in paths:
         print(path)

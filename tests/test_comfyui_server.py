@@ -1,0 +1,99 @@
+"""The node pack inside a real ComfyUI server: it loads, and every API workflow in workflows/api runs.
+
+Skipped unless ``COMFYUI_PATH`` points at a ComfyUI checkout. ``COMFYUI_PYTHON`` is the Python that
+runs it (default: this one). The server gets tiny RANDOM weights, the pack through a
+``custom_nodes`` symlink, and the shared media as its input folder. Example:
+
+    COMFYUI_PATH=/work/comfyui COMFYUI_PYTHON=/work/comfyui-venv/bin/python \
+        .venv/bin/python -m pytest -q tests/test_comfyui_server.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from comfyui_support import PACK_LINK_NAME, ComfyUIServer, declared_node_ids, make_sandbox, probe_video
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
+COMFYUI = os.environ.get("COMFYUI_PATH")
+STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "300"))
+PROMPT_TIMEOUT = float(os.environ.get("COMFYUI_PROMPT_TIMEOUT", "900"))
+# The face-alignment weights cannot be fetched offline; dlib's ship in a package.
+FACE_BACKEND = "dlib"
+
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
+
+
+@pytest.fixture(scope="module")
+def python() -> str:
+    return os.environ.get("COMFYUI_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, python):
+    """A running ComfyUI with this pack; stopped when the module's tests are done."""
+    comfyui = Path(COMFYUI).resolve()
+    assert (comfyui / "main.py").is_file(), f"COMFYUI_PATH={COMFYUI} has no main.py"
+    sandbox = make_sandbox(tmp_path_factory.mktemp("comfyui"), REPO, MEDIA)
+    comfy = ComfyUIServer(comfyui, python, sandbox)
+    try:
+        comfy.start(STARTUP_TIMEOUT)
+        yield comfy
+    finally:
+        comfy.stop()
+
+
+def test_pack_imports_cleanly(server):
+    log = server.log()
+    failures = [line for line in log.splitlines()
+                if PACK_LINK_NAME in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
+    assert not failures, "\n".join(failures) + "\n" + server.log_tail()
+
+
+def test_every_declared_node_is_registered(server, python):
+    declared = declared_node_ids(python, server.comfyui, server.sandbox.custom_nodes / PACK_LINK_NAME)
+    assert declared, "the pack declares no nodes"
+    info = server.get_json("/object_info")
+    missing = [node_id for node_id in declared if node_id not in info]
+    assert not missing, f"nodes not registered (id taken by core or another pack?): {missing}"
+    ours = {node_id for node_id, node in info.items() if PACK_LINK_NAME in node.get("python_module", "")}
+    assert ours == set(declared)
+
+
+@pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
+def test_workflow_runs(server, workflow_path, tmp_path):
+    from musetalk_lib.comfy_client import ComfyClient, Override, load_workflow, output_files
+
+    workflow = load_workflow(workflow_path)
+    overrides = []
+    if any("face_backend" in node.get("inputs", {}) for node in workflow.values()):
+        overrides.append(Override("*", "face_backend", FACE_BACKEND))
+    lines: list[str] = []
+    try:
+        downloaded = ComfyClient(server.url, progress=lines.append).run(workflow, overrides, output_dir=tmp_path,
+                                                                        timeout=PROMPT_TIMEOUT)
+    except Exception as error:
+        raise AssertionError(f"{workflow_path.name} failed: {error}\n{server.log_tail()}") from error
+    finally:
+        print("\n".join(lines))
+    assert not [line for line in lines if line.startswith("warning:")], "some nodes were refused"
+
+    (entry,) = server.get_json("/history?max_items=1").values()
+    assert entry["status"]["status_str"] == "success"
+    reported = output_files(entry["outputs"])
+    assert reported, f"{workflow_path.name} reported no output files"
+    folders = {"output": server.sandbox.output, "temp": server.sandbox.temp, "input": server.sandbox.input}
+    for item in reported:
+        on_server = folders[item["type"]] / item["subfolder"] / item["filename"]
+        assert on_server.is_file(), f"reported output {on_server} does not exist"
+        local = tmp_path / item["subfolder"] / item["filename"]
+        assert local in downloaded and local.read_bytes() == on_server.read_bytes()
+        if on_server.suffix.lower() == ".mp4":
+            frames, has_audio = probe_video(on_server)
+            assert frames > 0, f"{on_server.name} has no video frames"
+            assert has_audio, f"{on_server.name} has no audio stream"
