@@ -9,6 +9,7 @@ once the file is complete.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -224,11 +225,12 @@ def _pad_to_even(frame: np.ndarray) -> np.ndarray:
 class VideoWriter:
     """Writes an H.264 + AAC MP4 atomically.
 
-    Frames go to ``<name>.partial.mp4`` beside the target; :meth:`close` muxes
-    the rest of the audio and renames the file. Leaving the ``with`` block by an
-    exception (or calling :meth:`abort`) deletes the partial file, so nothing
-    half-written ever appears under the final name. Odd frame sizes are padded
-    by one edge pixel (H.264 4:2:0 needs even sizes).
+    Frames go to ``.<name>.partial.mp4`` beside the target (or in
+    ``partial_dir``, e.g. an application's temp folder); :meth:`close` muxes the
+    rest of the audio and moves the file to its name. Leaving the ``with`` block
+    by an exception (or calling :meth:`abort`) deletes the partial file, so
+    nothing half-written ever appears under the final name. Odd frame sizes are
+    padded by one edge pixel (H.264 4:2:0 needs even sizes).
     """
 
     def __init__(
@@ -241,10 +243,13 @@ class VideoWriter:
         audio_rate: int | None = None,
         crf: int = 18,
         preset: str = "medium",
+        partial_dir: str | os.PathLike | None = None,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial_path = self.path.with_name(f".{self.path.stem}.partial.mp4")
+        folder = Path(partial_dir) if partial_dir is not None else self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self.partial_path = folder / f".{self.path.stem}.{os.getpid()}.partial.mp4"
         self.size = (width, height)
         self.frame_rate = Fraction(fps).limit_denominator(100000)
         self.frames_written = 0
@@ -314,7 +319,12 @@ class VideoWriter:
             for packet in self._audio_stream.encode(None):
                 self._container.mux(packet)
         self._container.close()
-        os.replace(self.partial_path, self.path)
+        try:
+            os.replace(self.partial_path, self.path)
+        except OSError:  # another file system: copy next to the target first, then rename atomically
+            staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial.mp4")
+            shutil.move(self.partial_path, staged)
+            os.replace(staged, self.path)
         return self.path
 
     def abort(self) -> None:

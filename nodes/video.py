@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .runtime import Progress, in_comfyui, output_directory
+from .runtime import Progress, in_comfyui, output_directory, temp_directory
 
 CATEGORY = "MuseTalk"
 
@@ -70,7 +70,7 @@ class MuseTalkVideoCombine:
         samples, sample_rate = audio_samples(audio) if audio is not None else (None, None)
         path, subfolder = next_output_path(filename_prefix, width, height)
         progress = Progress(unique_id)
-        with VideoWriter(path, width, height, fps, samples, sample_rate, crf=crf) as writer:
+        with VideoWriter(path, width, height, fps, samples, sample_rate, crf=crf, partial_dir=temp_directory()) as writer:
             for index, frame in enumerate(source, start=1):
                 writer.write(frame)
                 progress("encode", index, count)
