@@ -97,3 +97,15 @@ def test_workflow_runs(server, workflow_path, tmp_path):
             frames, has_audio = probe_video(on_server)
             assert frames > 0, f"{on_server.name} has no video frames"
             assert has_audio, f"{on_server.name} has no audio stream"
+
+
+def test_requeueing_identical_inputs_hits_the_cache(server):
+    from musetalk_lib.comfy_client import ComfyClient, Override, apply_overrides, load_workflow
+
+    workflow = apply_overrides(load_workflow(REPO / "workflows" / "api" / "musetalk_dub_still_image.json"),
+                               [Override("*", "face_backend", FACE_BACKEND)])
+    client = ComfyClient(server.url)
+    for _ in range(2):
+        entry = client.wait(client.submit(workflow), PROMPT_TIMEOUT)
+    cached = [set(data["nodes"]) for kind, data in entry["status"]["messages"] if kind == "execution_cached"]
+    assert cached == [set(workflow)], f"second run executed nodes again: {entry['status']['messages']}"

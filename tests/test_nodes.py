@@ -1,6 +1,5 @@
 """ComfyUI nodes called directly (no ComfyUI needed) on tiny RANDOM weights, and their declared contracts."""
 
-import importlib.util
 import inspect
 import subprocess
 import sys
@@ -12,19 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_pack():
-    """Import the pack the way ComfyUI does: its __init__.py as a package named after its path."""
-    name = "musetalk_pack_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from pack import REPO, load_pack
 
 
 PACK = load_pack()

@@ -1,14 +1,12 @@
 """Example workflows: UI and API twins agree, and both match the node definitions."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from pack import REPO, load_pack
 
-REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "workflows"
 UI_FILES = sorted(FOLDER.glob("*.json"))
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
@@ -20,16 +18,6 @@ CORE = {
     "PreviewImage": {"widgets": {}, "inputs": {"images": "IMAGE"}, "outputs": [], "output_node": True},
 }
 MEDIA_COMBOS = {"file"}  # lists of files in the input folder: any name is allowed here
-
-
-def load_pack():
-    name = "musetalk_pack_workflows"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 NODES = load_pack().NODE_CLASS_MAPPINGS
