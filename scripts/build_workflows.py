@@ -21,9 +21,10 @@ SOCKET_WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 # The few core ComfyUI nodes the examples use: widget names and output sockets.
 CORE_NODES = {
-    "LoadAudio": {"widgets": {"audio": ""}, "outputs": [("AUDIO", "AUDIO")], "ui_extra": []},
-    "LoadImage": {"widgets": {"image": ""}, "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "ui_extra": ["image"]},
-    "PreviewImage": {"widgets": {}, "inputs": [("images", "IMAGE")], "outputs": []},
+    "LoadAudio": {"title": "Load Audio", "widgets": {"audio": ""}, "outputs": [("AUDIO", "AUDIO")]},
+    "LoadImage": {"title": "Load Image", "widgets": {"image": ""}, "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                  "ui_extra": ["image"]},
+    "PreviewImage": {"title": "Preview Image", "widgets": {}, "inputs": [("images", "IMAGE")], "outputs": []},
 }
 
 MODEL_HINTS = {
@@ -88,25 +89,23 @@ class Graph:
     nodes: list[Node]
 
 
-def loaders(x: int = 0, y: int = 0, parser: bool = True) -> list[Node]:
-    nodes = [
+def loaders(x: int = 0, y: int = 0) -> list[Node]:
+    return [
         Node(1, "MuseTalkUNetLoader", (x, y), {"version": "v15"}),
-        Node(2, "MuseTalkVAELoader", (x, y + 130)),
-        Node(3, "MuseTalkWhisperLoader", (x, y + 230)),
+        Node(2, "MuseTalkVAELoader", (x, y + 190)),
+        Node(3, "MuseTalkWhisperLoader", (x, y + 360)),
+        Node(4, "MuseTalkFaceParserLoader", (x, y + 530)),
     ]
-    if parser:
-        nodes.append(Node(4, "MuseTalkFaceParserLoader", (x, y + 330)))
-    return nodes
 
 
 GRAPHS = [
     Graph("musetalk_dub_video_blocks",
           "Dub a video with a speech file, every MuseTalk block wired separately; frames stream to the encoder.",
           loaders() + [
-              Node(5, "LoadAudio", (0, 450), {"audio": "speech_16k_mono.wav"}),
+              Node(5, "LoadAudio", (0, 700), {"audio": "speech_16k_mono.wav"}),
               Node(6, "MuseTalkLoadAvatar", (380, 0), {"file": "talking_closeup.mp4"}),
               Node(7, "PreviewImage", (760, 0), links={"images": (6, 1)}, title="Crop boxes"),
-              Node(8, "MuseTalkWhisperAudioFeatures", (380, 560), links={"whisper": (3, 0), "audio": (5, 0), "fps": (6, 2)}),
+              Node(8, "MuseTalkWhisperAudioFeatures", (380, 750), links={"whisper": (3, 0), "audio": (5, 0), "fps": (6, 2)}),
               Node(9, "MuseTalkVAEEncodeMaskedFace", (760, 330), links={"avatar": (6, 0), "vae": (2, 0)}),
               Node(10, "MuseTalkUNet", (1100, 330), links={"unet": (1, 0), "face_latents": (9, 0), "audio_features": (8, 0)}),
               Node(11, "MuseTalkBlendMouth", (1440, 330),
@@ -117,7 +116,7 @@ GRAPHS = [
     Graph("musetalk_dub_video_one_node",
           "Dub a video with a speech file using the single MuseTalk Dub node.",
           loaders() + [
-              Node(5, "LoadAudio", (0, 450), {"audio": "speech_16k_mono.wav"}),
+              Node(5, "LoadAudio", (0, 700), {"audio": "speech_16k_mono.wav"}),
               Node(6, "MuseTalkDub", (380, 0), {"file": "talking_closeup.mp4"},
                    links={"unet": (1, 0), "vae": (2, 0), "whisper": (3, 0), "audio": (5, 0), "face_parser": (4, 0)}),
               Node(7, "MuseTalkVideoCombine", (800, 0), {"filename_prefix": "MuseTalk/dub_one_node"},
@@ -126,8 +125,8 @@ GRAPHS = [
     Graph("musetalk_dub_still_image",
           "Make a still portrait talk: a core Load Image batch of one frame goes into MuseTalk Dub.",
           loaders() + [
-              Node(5, "LoadAudio", (0, 450), {"audio": "speech_short.wav"}),
-              Node(6, "LoadImage", (0, 580), {"image": "face_still.png"}),
+              Node(5, "LoadAudio", (0, 700), {"audio": "speech_short.wav"}),
+              Node(6, "LoadImage", (0, 890), {"image": "face_still.png"}),
               Node(7, "MuseTalkDub", (380, 0), {"fps": 25.0, "length_policy": "loop"},
                    links={"unet": (1, 0), "vae": (2, 0), "whisper": (3, 0), "audio": (5, 0), "images": (6, 0),
                           "face_parser": (4, 0)}),
@@ -139,10 +138,10 @@ GRAPHS = [
           loaders() + [
               Node(5, "MuseTalkLoadAvatar", (380, 0), {"file": "talking_avatar.mp4"}),
               Node(6, "MuseTalkVAEEncodeMaskedFace", (760, 0), links={"avatar": (5, 0), "vae": (2, 0)}),
-              Node(7, "LoadAudio", (0, 450), {"audio": "speech_16k_mono.wav"}, title="Speech 1"),
-              Node(8, "LoadAudio", (0, 600), {"audio": "speech_44k_stereo.wav"}, title="Speech 2"),
-              Node(9, "MuseTalkWhisperAudioFeatures", (380, 450), links={"whisper": (3, 0), "audio": (7, 0), "fps": (5, 2)}),
-              Node(10, "MuseTalkWhisperAudioFeatures", (380, 700), links={"whisper": (3, 0), "audio": (8, 0), "fps": (5, 2)}),
+              Node(7, "LoadAudio", (0, 700), {"audio": "speech_16k_mono.wav"}, title="Speech 1"),
+              Node(8, "LoadAudio", (0, 890), {"audio": "speech_44k_stereo.wav"}, title="Speech 2"),
+              Node(9, "MuseTalkWhisperAudioFeatures", (380, 750), links={"whisper": (3, 0), "audio": (7, 0), "fps": (5, 2)}),
+              Node(10, "MuseTalkWhisperAudioFeatures", (380, 1050), links={"whisper": (3, 0), "audio": (8, 0), "fps": (5, 2)}),
               Node(11, "MuseTalkUNet", (1100, 300), links={"unet": (1, 0), "face_latents": (6, 0), "audio_features": (9, 0)}),
               Node(12, "MuseTalkUNet", (1100, 600), links={"unet": (1, 0), "face_latents": (6, 0), "audio_features": (10, 0)}),
               Node(13, "MuseTalkBlendMouth", (1440, 300),
@@ -176,7 +175,9 @@ def api_format(graph: Graph) -> dict:
 
 
 def display_name(class_type: str) -> str:
-    return PACK.NODE_DISPLAY_NAME_MAPPINGS.get(class_type, class_type)
+    if class_type in CORE_NODES:
+        return CORE_NODES[class_type]["title"]
+    return PACK.NODE_DISPLAY_NAME_MAPPINGS[class_type]
 
 
 def ui_format(graph: Graph) -> dict:

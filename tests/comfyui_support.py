@@ -1,7 +1,8 @@
-"""Run a real ComfyUI server on 127.0.0.1 with this pack loaded from a throwaway folder.
+"""Run a real ComfyUI server on 127.0.0.1 with this pack loaded from a throwaway folder, and open its frontend.
 
-Used by ``test_comfyui_server.py``. Nothing here needs ComfyUI importable in the test process:
-the server runs as a subprocess with its own Python.
+Used by ``test_comfyui_server.py`` and ``test_comfyui_frontend.py``. Nothing here needs ComfyUI importable in
+the test process: the server runs as a subprocess with its own Python. The browser helpers take Playwright
+objects but do not import Playwright.
 """
 
 from __future__ import annotations
@@ -16,10 +17,23 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 PACK_LINK_NAME = "musetalk-lipsync"
+
+# Chromium flags for a headless run on a box without GPU or network. Playwright adds --headless and a fresh
+# temporary --user-data-dir itself.
+CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+# True in the page once the frontend has built its app and an empty graph.
+FRONTEND_READY = "() => Boolean(window.app && window.app.graph && window.LiteGraph)"
 
 # Imports a pack's root __init__.py the way ComfyUI's nodes.load_custom_node does (a package spec
 # from the file path, registered under the path-derived name) and prints its node ids as JSON.
@@ -79,6 +93,11 @@ class Sandbox:
     def user(self) -> Path:
         return self.root / "user"
 
+    @property
+    def frontend_settings(self) -> Path:
+        """The settings file the frontend reads and writes for the single (default) user."""
+        return self.user / "default" / "comfy.settings.json"
+
 
 def make_sandbox(root: Path, pack_dir: Path, media_dir: Path) -> Sandbox:
     """Link the pack into ``custom_nodes/``, write tiny RANDOM weights and the yaml, copy the media into ``input/``."""
@@ -98,6 +117,12 @@ def make_sandbox(root: Path, pack_dir: Path, media_dir: Path) -> Sandbox:
             shutil.copy2(item, sandbox.input / item.name)
     shutil.copytree(media_dir / "landmarks", sandbox.input / "landmarks")
     return sandbox
+
+
+def write_frontend_settings(sandbox: Sandbox, settings: dict) -> None:
+    """Pre-set frontend settings, e.g. ``{"Comfy.TutorialCompleted": True}`` to skip the first-run dialog."""
+    sandbox.frontend_settings.parent.mkdir(parents=True, exist_ok=True)
+    sandbox.frontend_settings.write_text(json.dumps(settings, indent=4), encoding="utf-8")
 
 
 def free_port() -> int:
@@ -200,6 +225,52 @@ class ComfyUIServer:
     def get_json(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=60) as response:
             return json.loads(response.read())
+
+
+@contextmanager
+def running_server(comfyui: Path, python: str, root: Path, pack_dir: Path, media_dir: Path, timeout: float,
+                   frontend_settings: dict | None = None) -> Iterator[ComfyUIServer]:
+    """A server on a fresh sandbox under ``root`` (see ``make_sandbox``), stopped on exit."""
+    sandbox = make_sandbox(root, pack_dir, media_dir)
+    if frontend_settings:
+        write_frontend_settings(sandbox, frontend_settings)
+    server = ComfyUIServer(comfyui, python, sandbox)
+    try:
+        server.start(timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+def chromium_executable() -> str | None:
+    """``CHROMIUM_PATH`` (default ``/usr/bin/chromium``) if it is an executable file, else None."""
+    path = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+@contextmanager
+def chromium(executable: str, timeout: float) -> Iterator[Browser]:
+    """A headless Chromium driven by Playwright's sync API (no Playwright-downloaded browser); closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_FLAGS),
+                                             timeout=timeout * 1000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_frontend(context: BrowserContext, url: str, timeout: float) -> Page:
+    """A page of the ComfyUI frontend at ``url`` once the app is ready; requests to other hosts are aborted."""
+    context.route(lambda address: not address.startswith(url + "/") and address != url,
+                  lambda route: route.abort())
+    page = context.new_page()
+    page.set_default_timeout(timeout * 1000)
+    page.goto(url)
+    page.wait_for_function(FRONTEND_READY)
+    return page
 
 
 def probe_video(path: Path) -> tuple[int, bool]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from comfyui_support import PACK_LINK_NAME, ComfyUIServer, declared_node_ids, make_sandbox, probe_video
+from comfyui_support import PACK_LINK_NAME, declared_node_ids, probe_video, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -39,13 +39,8 @@ def server(tmp_path_factory, python):
     """A running ComfyUI with this pack; stopped when the module's tests are done."""
     comfyui = Path(COMFYUI).resolve()
     assert (comfyui / "main.py").is_file(), f"COMFYUI_PATH={COMFYUI} has no main.py"
-    sandbox = make_sandbox(tmp_path_factory.mktemp("comfyui"), REPO, MEDIA)
-    comfy = ComfyUIServer(comfyui, python, sandbox)
-    try:
-        comfy.start(STARTUP_TIMEOUT)
+    with running_server(comfyui, python, tmp_path_factory.mktemp("comfyui"), REPO, MEDIA, STARTUP_TIMEOUT) as comfy:
         yield comfy
-    finally:
-        comfy.stop()
 
 
 def test_pack_imports_cleanly(server):

@@ -43,6 +43,11 @@ def test_node_contract(node_id):
             assert options["min"] <= options["default"] <= options["max"]
         if isinstance(kind, list) and "default" in options:
             assert options["default"] in kind
+    uploads = [name for name, spec in inputs["required"].items()
+               if len(spec) > 1 and (spec[1].get("video_upload") or spec[1].get("image_upload"))]
+    if uploads:  # the frontend appends an upload button after the required inputs: no widget may follow it
+        assert all(spec[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN") and not isinstance(spec[0], list)
+                   for spec in inputs.get("optional", {}).values())
     assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
     if hasattr(cls, "OUTPUT_TOOLTIPS"):
         assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
