@@ -34,6 +34,7 @@ __all__ = [
     "FaceAlignmentDetector",
     "FaceDetector",
     "create_detector",
+    "dlib_model_path",
     "torch_hub_checkpoints",
 ]
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the `training` package is used from the repository root
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 from musetalk_lib.random_weights import write_random_weights  # noqa: E402
@@ -33,3 +34,11 @@ def tiny_models(random_models):
     from musetalk_lib.pipeline import MuseTalkModels
 
     return MuseTalkModels.load(random_models, "v15", device="cpu", dtype="fp32")
+
+
+@pytest.fixture
+def repository_root(monkeypatch) -> Path:
+    """Run the test from the repository root, where the training configs' relative paths point."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    return root

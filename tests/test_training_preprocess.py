@@ -1,0 +1,86 @@
+"""Preprocessing a shared clip produces the documented clip layout; reruns resume instead of redoing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from musetalk_lib.faces import load_landmarks_json
+from training.clips import ClipMeta, find_clips
+from training.preprocess import PreprocessOptions, plan_clips, preprocess, resample_indices
+
+pytestmark = pytest.mark.usefixtures("repository_root")  # configs use repository-relative paths
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory, random_models):
+    videos = tmp_path_factory.mktemp("videos")
+    for name in ("talking_closeup_with_audio.mp4", "no_face.mp4"):
+        (videos / name).symlink_to(MEDIA / name)
+    output = tmp_path_factory.mktemp("clips")
+    options = PreprocessOptions(
+        output_dir=str(output), landmarks_dir=str(MEDIA / "landmarks"), models_dir=str(random_models),
+        max_frames=20, segment_seconds=1.0, min_frames=8,
+    )
+    records = preprocess([videos], options, progress=False)
+    return output, records, videos, options
+
+
+def test_clip_files(preprocessed):
+    output, records, _, _ = preprocessed
+    clip = output / "talking_closeup_with_audio_000000"
+    assert find_clips(output) == [clip]  # frames 15..19 are a 5-frame run, shorter than min_frames
+    meta = ClipMeta.load(clip)
+    assert (meta.fps, meta.num_frames, meta.start_frame, meta.identity) == (15.0, 15, 0, "talking_closeup_with_audio")
+    assert len(meta.boxes) == len(meta.regions) == 15 and meta.face_size > 150
+    crops = sorted((clip / "crops").iterdir())
+    faces = sorted((clip / "faces").iterdir())
+    assert [p.name for p in crops] == [f"{i:06d}.png" for i in range(15)] == [p.name for p in faces]
+    with Image.open(crops[0]) as crop, Image.open(faces[0]) as face:
+        assert crop.size == (256, 256) and crop.mode == "RGB"
+        x1, y1, x2, y2 = meta.regions[0]
+        assert face.size == (x2 - x1, y2 - y1)
+    audio, rate = soundfile.read(clip / "audio.wav")
+    assert rate == 16000 and audio.shape == (16000,)  # 15 frames at 15 fps = 1 s
+    assert np.abs(audio).max() > 0.01
+    assert np.load(clip / "whisper.npy").shape == (50, 5, 384)  # 50 Whisper frames per second
+    assert np.load(clip / "mel.npy").shape == (80, 81)  # 80 mel frames per second, centred
+    landmarks = load_landmarks_json(clip / "landmarks.json")
+    assert len(landmarks) == 15 and all(len(faces) == 1 for faces in landmarks)
+    source = load_landmarks_json(MEDIA / "landmarks" / "talking_closeup_with_audio.json")
+    assert np.allclose(landmarks[3][0].landmarks, source[3][0].landmarks, atol=0.01)
+
+
+def test_skips_are_logged(preprocessed):
+    output, records, _, _ = preprocessed
+    by_video = {Path(r["video"]).name: r for r in records}
+    assert by_video["no_face.mp4"]["status"] == "skipped" and "face" in by_video["no_face.mp4"]["reason"]
+    assert by_video["talking_closeup_with_audio.mp4"]["skipped_runs"] == [[15, 20]]
+    logged = [json.loads(line) for line in (output / "preprocess_log.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in logged) == ["no_face", "talking_closeup_with_audio"]
+
+
+def test_rerun_resumes(preprocessed):
+    output, _, videos, options = preprocessed
+    meta = output / "talking_closeup_with_audio_000000" / "meta.json"
+    before = meta.stat().st_mtime_ns
+    (output / "leftover.partial").mkdir()
+    assert preprocess([videos], options, progress=False) == []
+    assert meta.stat().st_mtime_ns == before
+    assert not (output / "leftover.partial").exists()
+
+
+def test_clip_planning_and_frame_resampling():
+    kept, short = plan_clips([True] * 7 + [False] + [True] * 3, max_length=4, min_length=3)
+    assert [(r.start, r.stop) for r in kept] == [(0, 4), (4, 7), (8, 11)]
+    assert short == []
+    kept, short = plan_clips([True, True, False, True], max_length=10, min_length=2)
+    assert [(r.start, r.stop) for r in kept] == [(0, 2)] and [(r.start, r.stop) for r in short] == [(3, 4)]
+    assert resample_indices(4, 30.0, None) == [0, 1, 2, 3]
+    assert resample_indices(6, 30.0, 25.0) == [0, 1, 2, 3, 4]
+    assert resample_indices(3, 15.0, 25.0) == [0, 0, 1, 1, 2]
