@@ -2,11 +2,16 @@
 
 Modules, from the numbers up:
 
-- ``checkpoint``: safe state-dict loading (safetensors, ``weights_only`` pickles).
-- ``weights``: the official weight layout and the missing-weights error.
-- ``audio_io``, ``audio_features``: speech to 16 kHz, Whisper features, per-frame chunks.
-- ``crop``, ``face_parsing``, ``blending``: face boxes, BiSeNet masks, paste-back.
-- ``vae``, ``unet``: masked-face latents and the single-step MuseTalk UNet.
+- ``checkpoint``, ``weights``, ``download``, ``random_weights``: safe state-dict loading, the
+  official weight layout (and its missing-files error), fetching it, and random test weights.
+- ``audio_io``, ``audio_features``: speech to 16 kHz mono, Whisper features, per-frame chunks.
+- ``unet``, ``vae``: the single-step MuseTalk UNet and the masked/reference face latents.
+- ``faces``, ``face_detection``, ``crop``, ``face_parsing``, ``blending``: landmarks and face
+  choice, detection backends, crop boxes, BiSeNet masks, paste-back.
+- ``video_io``, ``frame_source``: streaming PyAV input/output, video/image/in-memory frames.
+- ``avatar``, ``pipeline``: cached avatars and the streaming dubbing pipeline.
+- ``cli``, ``bench``, ``comfy_client``: the ``musetalk`` command, its benchmark and its ComfyUI client.
+- ``options``, ``devices``: user choices and device/dtype selection.
 
 Importing this package is cheap; submodules load torch and the model libraries.
 """

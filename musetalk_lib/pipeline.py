@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class MuseTalkModels:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DubOptions:
     """Generation options that do not change the avatar."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..musetalk_lib.options import BLEND_VARIANTS, LENGTH_POLICIES, MASK_MODES
+from ..musetalk_lib.options import BLEND_VARIANTS, MASK_MODES
 from .avatar import FACE_INPUTS, avatar_settings, open_frames, source_inputs, track_faces
 from .generation import BATCH_SIZE, LENGTH_POLICY
 from .runtime import Progress, output_is_linked

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,7 @@ class GoldenModels:
         return load_face_parser(candidates[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def models_for(folder: Path) -> GoldenModels:
     return GoldenModels(folder / "models")
 

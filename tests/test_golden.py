@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-
 from golden_harness import golden_dir, load_manifest, run_case
 
 GOLDEN = golden_dir()

@@ -13,7 +13,6 @@ import soundfile
 import torch
 from pack import REPO, load_pack
 
-
 PACK = load_pack()
 NODES = PACK.NODE_CLASS_MAPPINGS
 
