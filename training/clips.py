@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from musetalk_lib.vae import FACE_SIZE
+from musetalk_lib.crop import FACE_SIZE
 
 __all__ = [
     "FORMAT_VERSION",

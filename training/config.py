@@ -9,10 +9,12 @@ values (the value is parsed as YAML).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -271,6 +273,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             target = target.setdefault(key, {})
         target[keys[-1]] = yaml.safe_load(raw)
     return data
+
+
+def config_from_command_line(argv: Sequence[str] | None, cls: type[ConfigT], prog: str, description: str,
+                             example: str) -> ConfigT:
+    """Parse ``--config YAML [--set KEY=VALUE ...] [--resume WHERE]`` into a config of type ``cls``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=f"the run's YAML ({example})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.train_root=/data/hdtf (repeatable)")
+    parser.add_argument("--resume", help="state-*.pt file, run folder, or 'latest'")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, cls, args.set)
+    if args.resume:
+        config.resume_from = args.resume
+    return config
 
 
 def load_config(path: str | os.PathLike, cls: type[ConfigT] = TrainConfig,

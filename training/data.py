@@ -26,8 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from musetalk_lib.audio_features import frame_window_index
+from musetalk_lib.crop import FACE_SIZE
 from musetalk_lib.faces import load_landmarks_json
-from musetalk_lib.vae import FACE_SIZE
 
 from . import clips as layout
 from .clips import ClipMeta, crop_from_region, find_clips, frame_name

@@ -18,7 +18,6 @@ on one device, or under ``accelerate launch`` on many GPUs and machines.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,11 +31,12 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 
 from musetalk_lib.checkpoint import load_state_dict
+from musetalk_lib.crop import FACE_SIZE
 from musetalk_lib.unet import build_unet, load_unet_config, positional_encoding
-from musetalk_lib.vae import FACE_SIZE, load_vae
+from musetalk_lib.vae import load_vae
 
 from . import runs
-from .config import SyncNetConfig, TrainConfig, config_from_dict, load_config
+from .config import SyncNetConfig, TrainConfig, config_from_command_line, config_from_dict
 from .data import LipSyncDataset
 from .discriminator import MultiScaleDiscriminator
 from .loop import TrainingLoop
@@ -313,16 +313,8 @@ class LipSyncTrainer(TrainingLoop):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="stage YAML (training/configs/stage1.yaml, stage2.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.train_root=/data/hdtf (repeatable)")
-    parser.add_argument("--resume", help="state-*.pt file, run folder, or 'latest'")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, TrainConfig, args.set)
-    if args.resume:
-        config.resume_from = args.resume
+    config = config_from_command_line(argv, TrainConfig, "python -m training.train", __doc__,
+                                      "training/configs/stage1.yaml or stage2.yaml")
     LipSyncTrainer(config).train()
 
 

@@ -16,7 +16,6 @@ Run ``python -m training.train_syncnet --config training/configs/syncnet.yaml``
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from .config import SyncNetTrainConfig, load_config
+from .config import SyncNetTrainConfig, config_from_command_line
 from .data import SyncNetDataset
 from .loop import TrainingLoop
 from .syncnet import load_syncnet, sync_loss
@@ -108,16 +107,8 @@ class SyncNetTrainer(TrainingLoop):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.train_syncnet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="SyncNet YAML (training/configs/syncnet.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.train_root=/data/hdtf (repeatable)")
-    parser.add_argument("--resume", help="state-*.pt file, run folder, or 'latest'")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, SyncNetTrainConfig, args.set)
-    if args.resume:
-        config.resume_from = args.resume
+    config = config_from_command_line(argv, SyncNetTrainConfig, "python -m training.train_syncnet", __doc__,
+                                      "training/configs/syncnet.yaml")
     SyncNetTrainer(config).train()
 
 
