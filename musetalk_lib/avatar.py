@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .blending import blend_alpha, crop_with_padding, expanded_square, landmark_mask, parsing_mask
-from .crop import Box, crop_face, official_face_box
+from .crop import V15_EXTRA_MARGIN, Box, crop_face, official_face_box
 from .face_parsing import PARSING_SIZE
 from .faces import Face, select_faces, smooth_faces
 from .options import MASK_MODES
@@ -96,7 +96,7 @@ class AvatarSettings:
         """Pixels added below the chin: 10 for v1.5, 0 for v1 unless set."""
         if self.extra_margin is not None:
             return self.extra_margin
-        return 10 if self.version == "v15" else 0
+        return V15_EXTRA_MARGIN if self.version == "v15" else 0
 
     def resolved_mask_mode(self, has_parser: bool) -> str:
         """The mask mode to use: the version's default (``jaw``/``raw``), or ``landmarks`` without a parser."""
@@ -205,6 +205,18 @@ def _encode(vae: FaceVAE, track: FaceTrack, indices: Sequence[int], frames: Sequ
     return vae.encode_masked_and_reference(crops)
 
 
+def _unpack_mask(packed: np.ndarray) -> np.ndarray:
+    return (np.unpackbits(packed).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
+
+
+def _blend_region(track: FaceTrack, settings: AvatarSettings, packed_mask: np.ndarray, index: int,
+                  variant: str) -> tuple[Box, Box, np.ndarray]:
+    """``(box, square, alpha)`` of one source frame from its bit-packed 512x512 mask."""
+    box = track.box(index)
+    square = expanded_square(box, settings.expand)
+    return box, square, blend_alpha(_unpack_mask(packed_mask), box, square, variant)
+
+
 class FaceLatents:
     """UNet input latents (masked, reference) of every source frame with a face, held in memory."""
 
@@ -251,13 +263,7 @@ class BlendMasks:
             pixels = {int(i): frame for i, frame in zip(indices, frames)}
             masks = face_masks([pixels[i] for i in missing], self.track, missing, self.mode, self.settings, self.parser)
             self._packed.update({i: np.packbits(mask > 127) for i, mask in zip(missing, masks)})
-        regions = []
-        for index in indices:
-            mask = (np.unpackbits(self._packed[int(index)]).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
-            box = self.track.box(int(index))
-            square = expanded_square(box, self.settings.expand)
-            regions.append((box, square, blend_alpha(mask, box, square, variant)))
-        return regions
+        return [_blend_region(self.track, self.settings, self._packed[int(i)], int(i), variant) for i in indices]
 
 
 class Avatar:
@@ -329,18 +335,13 @@ class Avatar:
 
     def mask(self, frame: int) -> np.ndarray:
         """The 512x512 blending mask (0/255) of a source frame that has a face."""
-        packed = self._rows([frame], "masks")[0].numpy()
-        return (np.unpackbits(packed).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
+        return _unpack_mask(self._rows([frame], "masks")[0].numpy())
 
     def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None,
                       variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
         """``(box, square, alpha)`` for pasting generated faces into source frames ``indices`` (masks are cached)."""
-        regions = []
-        for index in indices:
-            box = self.track.box(int(index))
-            square = expanded_square(box, self.settings.expand)
-            regions.append((box, square, blend_alpha(self.mask(int(index)), box, square, variant)))
-        return regions
+        packed = self._rows(indices, "masks").numpy()  # one read for the whole batch
+        return [_blend_region(self.track, self.settings, mask, int(i), variant) for i, mask in zip(indices, packed)]
 
 
 def _cache_key(source: FrameSource, settings: AvatarSettings, detection_id: str, vae: FaceVAE,
