@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from .checkpoint import load_state_dict
+from .devices import run_with_fp16_fallback
 from .weights import path_identity
 
 __all__ = ["PARSING_SIZE", "BiSeNet", "FaceParser", "load_face_parser"]
@@ -159,22 +160,28 @@ def load_face_parser(path: str | os.PathLike, device: str | torch.device = "cpu"
         net.load_state_dict(load_state_dict(path, dtype=dtype), strict=True, assign=True)
     except RuntimeError as error:
         raise ValueError(f"{path} is not a BiSeNet face-parsing state dict: {error}") from error
-    return FaceParser(net.to(device).eval().requires_grad_(False), weights_id=path_identity(path))
+    # Wrap first, then move: the normalisation buffers must travel with the network.
+    return FaceParser(net.eval().requires_grad_(False), weights_id=path_identity(path)).to(device)
 
 
 class FaceParser(nn.Module):
     """Runs BiSeNet on RGB images of any size and returns 512x512 label maps."""
 
-    def __init__(self, net: BiSeNet, weights_id: str = ""):
+    def __init__(self, net: BiSeNet, weights_id: str = "", chunk_size: int = 8):
         super().__init__()
         self.net = net
+        self.chunk_size = chunk_size  # images per forward pass in :meth:`labels`
         self.weights_id = weights_id  # where the weights came from; part of avatar cache keys
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:
-        return self.mean.device
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
 
     @staticmethod
     def resize_for_parsing(image_rgb: np.ndarray) -> np.ndarray:
@@ -188,16 +195,30 @@ class FaceParser(nn.Module):
         x = pixels.permute(0, 3, 1, 2).contiguous().float().div(255)
         return (x - self.mean) / self.std
 
+    def _run(self, resized_rgb: np.ndarray) -> torch.Tensor:
+        """Logits ``[N,19,512,512]`` in the network's dtype and on its device (fp16 overflow falls back to fp32)."""
+        return run_with_fp16_fallback("The face parser", self.net,
+                                      lambda: self.net(self.normalize(resized_rgb).to(self.dtype)))
+
     @torch.inference_mode()
     def logits_from_resized(self, resized_rgb: np.ndarray) -> torch.Tensor:
         """Logits ``[N,19,512,512]`` (float32) for images already resized to 512x512."""
-        dtype = next(self.net.parameters()).dtype
-        return self.net(self.normalize(resized_rgb).to(dtype)).float()
+        return self._run(resized_rgb).float()
 
     def logits(self, images_rgb: Sequence[np.ndarray]) -> torch.Tensor:
         """Logits ``[N,19,512,512]`` for RGB ``uint8`` images of any size."""
         return self.logits_from_resized(np.stack([self.resize_for_parsing(image) for image in images_rgb]))
 
+    @torch.inference_mode()
     def labels(self, images_rgb: Sequence[np.ndarray]) -> np.ndarray:
-        """Per-pixel class labels ``[N,512,512]`` uint8 (argmax; ties go to the lower class)."""
-        return self.logits(images_rgb).argmax(dim=1).to(torch.uint8).cpu().numpy()
+        """Per-pixel class labels ``[N,512,512]`` uint8 (argmax; ties go to the lower class).
+
+        Runs ``chunk_size`` images at a time and takes the argmax in the
+        network's dtype (exact: widening to fp32 changes no value), so the
+        full-size logits are never held for a whole batch.
+        """
+        labels = []
+        for start in range(0, len(images_rgb), self.chunk_size):
+            resized = np.stack([self.resize_for_parsing(image) for image in images_rgb[start:start + self.chunk_size]])
+            labels.append(self._run(resized).argmax(dim=1).to(torch.uint8).cpu())
+        return torch.cat(labels).numpy()

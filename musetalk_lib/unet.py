@@ -105,7 +105,7 @@ class MuseTalkUNet(nn.Module):
     def _encoding_for(self, num_tokens: int) -> torch.Tensor:
         if num_tokens > self.positional_encoding.shape[0]:
             self.positional_encoding = positional_encoding(num_tokens).to(self.positional_encoding.device)
-        return self.positional_encoding[:num_tokens]
+        return self.positional_encoding[:num_tokens].float()
 
     @torch.inference_mode()
     def forward(self, latents: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
@@ -140,5 +140,6 @@ def load_unet(
             f"{Path(weights_path).name} does not match {Path(config_path).name}: {error}\n"
             "Check that the config and the weights come from the same MuseTalk version folder."
         ) from error
-    unet = unet.to(device).eval().requires_grad_(False)
-    return MuseTalkUNet(unet)
+    # Wrap first, then move: the wrapper's buffers (the fixed time embedding, the
+    # positional encoding) must travel with the network.
+    return MuseTalkUNet(unet.eval().requires_grad_(False)).to(device)

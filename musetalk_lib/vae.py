@@ -2,6 +2,10 @@
 
 Images are 256x256 RGB ``uint8`` arrays. Latents are scaled by the VAE's
 scaling factor (0.18215), and encoding is deterministic (the posterior mode).
+
+Decoding can skip the upper latent rows: the blend only ever shows the lower
+part of the generated face, so :meth:`FaceVAE.decode` takes the first pixel
+row the caller needs and decodes from :data:`DECODE_HALO` latent rows above it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from .crop import FACE_SIZE
+from .devices import run_with_fp16_fallback
 from .weights import path_identity
 
-__all__ = ["FaceVAE", "load_vae"]
+__all__ = ["DECODE_HALO", "LATENT_SCALE", "FaceVAE", "load_vae"]
+
+LATENT_SCALE = 8  # pixels per latent row/column
+DECODE_HALO = 2  # latent rows decoded above the first needed row (see README: partial decode)
 
 
 def _loading_problems(info: dict) -> list[str]:
@@ -92,11 +100,33 @@ class FaceVAE(nn.Module):
         masked, reference = latents.chunk(2)
         return torch.cat([masked, reference], dim=1)
 
+    def first_latent_row(self, from_row: int) -> int:
+        """The first latent row decoded when output rows ``from_row..255`` are needed (with the halo)."""
+        return max(0, min(from_row, FACE_SIZE - 1) // LATENT_SCALE - DECODE_HALO)
+
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Scaled latents ``[N,4,32,32]`` -> ``[N,256,256,3]`` uint8 RGB (official clamp and rounding)."""
-        latents = (1 / self.scaling_factor) * latents.to(self.device, self.dtype)
-        image = self.vae.decode(latents, return_dict=False)[0]
+    def decode_on_device(self, latents: torch.Tensor, from_row: int = 0) -> torch.Tensor:
+        """Scaled latents ``[N,4,32,32]`` -> ``[N,256,256,3]`` uint8 RGB on the model's device.
+
+        The official clamp and rounding. With ``from_row > 0`` only the latent
+        rows from :meth:`first_latent_row` down are decoded; the output rows
+        above them are black (callers must not show them). ``from_row=0``
+        decodes everything, exactly as the official code.
+        """
+        first = self.first_latent_row(from_row)
+        latents = latents[:, :, first:]
+
+        def run() -> torch.Tensor:
+            scaled = (1 / self.scaling_factor) * latents.to(self.device, self.dtype)
+            return self.vae.decode(scaled, return_dict=False)[0]
+
+        image = run_with_fp16_fallback("The VAE decoder", self.vae, run)
         image = (image.float() / 2 + 0.5).clamp(0, 1)
         image = torch.round(image.permute(0, 2, 3, 1) * 255).to(torch.uint8)
-        return image.cpu().numpy()
+        if first:
+            image = torch.nn.functional.pad(image, (0, 0, 0, 0, first * LATENT_SCALE, 0))
+        return image
+
+    def decode(self, latents: torch.Tensor, from_row: int = 0) -> np.ndarray:
+        """:meth:`decode_on_device`, copied to the CPU as a numpy array."""
+        return self.decode_on_device(latents, from_row).cpu().numpy()
