@@ -27,7 +27,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +38,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .blending import blend_alpha, crop_with_padding, expanded_square, landmark_mask, parsing_mask
+from .blending import (
+    blend_alpha,
+    crop_with_padding,
+    expanded_square,
+    first_pasted_face_row,
+    landmark_mask,
+    parsing_mask,
+)
 from .crop import V15_EXTRA_MARGIN, Box, crop_face, official_face_box
 from .face_parsing import PARSING_SIZE
 from .faces import Face, select_faces, smooth_faces
@@ -66,6 +74,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 SHARD_SIZE = 256
+REGION_CACHE_BYTES = 256 * 2**20  # blend alphas kept per source frame
+SHARD_CACHE_BYTES = 256 * 2**20  # shard tensors kept in memory
 MIN_FACE_SIZE = 8  # pixels; smaller crop boxes are treated as "no face"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -209,12 +219,71 @@ def _unpack_mask(packed: np.ndarray) -> np.ndarray:
     return (np.unpackbits(packed).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
 
 
-def _blend_region(track: FaceTrack, settings: AvatarSettings, packed_mask: np.ndarray, index: int,
-                  variant: str) -> tuple[Box, Box, np.ndarray]:
-    """``(box, square, alpha)`` of one source frame from its bit-packed 512x512 mask."""
-    box = track.box(index)
-    square = expanded_square(box, settings.expand)
-    return box, square, blend_alpha(_unpack_mask(packed_mask), box, square, variant)
+class _BoundedCache:
+    """A least-recently-used map whose values' total size stays within ``budget`` bytes."""
+
+    def __init__(self, budget: int, size_of: Callable[[object], int]):
+        self.budget, self.size_of = budget, size_of
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._bytes = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get(self, key: Hashable, compute: Callable[[], object]) -> object:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = compute()
+        self._items[key] = value
+        self._bytes += self.size_of(value)
+        while self._bytes > self.budget and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= self.size_of(dropped)
+        return value
+
+
+class BlendRegions:
+    """Where and how generated faces are pasted: ``(box, square, alpha)`` per source frame, computed once.
+
+    The alpha depends only on the source frame (and the blend variant), so it
+    is kept (least recently used dropped past :data:`REGION_CACHE_BYTES`) and
+    every output frame that shows the same source frame reuses it. Subclasses
+    say where the 512x512 masks come from.
+    """
+
+    def __init__(self, track: FaceTrack, settings: AvatarSettings):
+        self.track, self.settings = track, settings
+        self._regions = _BoundedCache(REGION_CACHE_BYTES, lambda region: region[2].nbytes)
+
+    def packed_masks(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None) -> np.ndarray:
+        """Bit-packed 512x512 masks ``[k, 32768]`` of source frames ``indices`` (``frames``: their pixels)."""
+        raise NotImplementedError
+
+    def _square(self, index: int) -> tuple[Box, Box]:
+        box = self.track.box(index)
+        return box, expanded_square(box, self.settings.expand)
+
+    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None,
+                      variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
+        """``(box, square, alpha)`` for each source frame in ``indices`` (each must have a face)."""
+        indices = [int(i) for i in indices]
+        missing = [position for position, i in enumerate(indices) if (i, variant) not in self._regions]
+        masks = {}
+        if missing:
+            pixels = None if frames is None else [frames[position] for position in missing]
+            packed = self.packed_masks([indices[position] for position in missing], pixels)
+            masks = {indices[position]: mask for position, mask in zip(missing, packed)}
+
+        def region(index: int) -> tuple[Box, Box, np.ndarray]:
+            box, square = self._square(index)
+            return box, square, blend_alpha(_unpack_mask(masks[index]), box, square, variant)
+
+        return [self._regions.get((i, variant), lambda i=i: region(i)) for i in indices]
+
+    def first_pasted_row(self, indices: Sequence[int], variant: str = "normal") -> int:
+        """The first generated-face row that the paste can show for any of source frames ``indices``."""
+        return min(first_pasted_face_row(*self._square(int(i)), variant) for i in indices)
 
 
 class FaceLatents:
@@ -246,28 +315,29 @@ def encode_faces(source: FrameSource, track: FaceTrack, vae: FaceVAE, batch_size
     return FaceLatents(track, latents)
 
 
-class BlendMasks:
-    """Blending masks computed on demand, once per source frame (parsing runs on the frames given)."""
+class BlendMasks(BlendRegions):
+    """Blend regions whose masks are computed on demand from the frames given (face parsing or landmarks)."""
 
     def __init__(self, track: FaceTrack, settings: AvatarSettings, mode: str, parser: FaceParser | None = None):
         if mode not in MASK_MODES:
             raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
-        self.track, self.settings, self.mode, self.parser = track, settings, mode, parser
-        self._packed: dict[int, np.ndarray] = {}
+        super().__init__(track, settings)
+        self.mode, self.parser = mode, parser
 
-    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray],
-                      variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
-        """``(box, square, alpha)`` for each source frame in ``indices`` (each must have a face)."""
-        missing = sorted({int(i) for i in indices} - self._packed.keys())
-        if missing:
-            pixels = {int(i): frame for i, frame in zip(indices, frames)}
-            masks = face_masks([pixels[i] for i in missing], self.track, missing, self.mode, self.settings, self.parser)
-            self._packed.update({i: np.packbits(mask > 127) for i, mask in zip(missing, masks)})
-        return [_blend_region(self.track, self.settings, self._packed[int(i)], int(i), variant) for i in indices]
+    def packed_masks(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None) -> np.ndarray:
+        if frames is None:
+            raise ValueError("BlendMasks needs the source frames to compute their masks.")
+        masks = face_masks(frames, self.track, indices, self.mode, self.settings, self.parser)
+        return np.packbits(masks > 127, axis=None).reshape(len(masks), -1)
 
 
-class Avatar:
-    """A prepared (cached) avatar: the face track plus lazily read latents and masks."""
+class Avatar(BlendRegions):
+    """A prepared (cached) avatar: the face track plus lazily read latents and masks.
+
+    Shards are read whole when first needed and kept (least recently used
+    dropped past :data:`SHARD_CACHE_BYTES`), so playing a clip back and forth
+    reads each shard once while it fits.
+    """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -285,6 +355,8 @@ class Avatar:
         self.settings = AvatarSettings(**{key: tuple(value) if key == "face_point" and value else value
                                           for key, value in self.manifest["settings"].items()})
         self.mask_mode: str = self.manifest["mask_mode"]
+        super().__init__(self.track, self.settings)
+        self._shards = _BoundedCache(SHARD_CACHE_BYTES, lambda tensor: tensor.nbytes)
         self._row = np.full(self.track.num_frames, -1, np.int64)
         self._row[self.track.face_frames] = np.arange(len(self.track.face_frames))
         self._check_shards()
@@ -320,14 +392,21 @@ class Avatar:
             raise ValueError(f"Frames without a face have no {name}: {np.asarray(frames)[rows < 0].tolist()}")
         pieces = []
         for shard in np.unique(rows // SHARD_SIZE):
-            local = rows[rows // SHARD_SIZE == shard] % SHARD_SIZE
-            with safe_open(self._shard_path(int(shard)), "pt") as handle:
-                block = handle.get_slice(name)[int(local.min()):int(local.max()) + 1]
-            pieces.append((np.flatnonzero(rows // SHARD_SIZE == shard), block[torch.from_numpy(local - local.min())]))
+            in_shard = rows // SHARD_SIZE == shard
+            block = self._shard(int(shard), name)
+            pieces.append((np.flatnonzero(in_shard), block[torch.from_numpy(rows[in_shard] % SHARD_SIZE)]))
         result = torch.empty((len(rows), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
         for positions, block in pieces:
             result[torch.from_numpy(positions)] = block
         return result
+
+    def _shard(self, shard: int, name: str) -> torch.Tensor:
+        def read() -> torch.Tensor:
+            with safe_open(self._shard_path(shard), "pt") as handle:
+                # A copy: a tensor mapped from the file would crash (SIGBUS) if the file were rebuilt meanwhile.
+                return handle.get_tensor(name).clone()
+
+        return self._shards.get((shard, name), read)
 
     def latents(self, frames: Sequence[int]) -> torch.Tensor:
         """UNet input latents ``[k, 8, 32, 32]`` (masked, reference) of source frames that have a face."""
@@ -337,11 +416,8 @@ class Avatar:
         """The 512x512 blending mask (0/255) of a source frame that has a face."""
         return _unpack_mask(self._rows([frame], "masks")[0].numpy())
 
-    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None,
-                      variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
-        """``(box, square, alpha)`` for pasting generated faces into source frames ``indices`` (masks are cached)."""
-        packed = self._rows(indices, "masks").numpy()  # one read for the whole batch
-        return [_blend_region(self.track, self.settings, mask, int(i), variant) for i, mask in zip(indices, packed)]
+    def packed_masks(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        return self._rows(indices, "masks").numpy()
 
 
 def _cache_key(source: FrameSource, settings: AvatarSettings, detection_id: str, vae: FaceVAE,

@@ -14,11 +14,13 @@ exactly as the official code does, so results are bit-identical.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from PIL import Image
 
-from .crop import Box, resize_face_to_box
+from .crop import FACE_SIZE, Box, resize_face_to_box
 from .face_parsing import PARSING_SIZE
 from .options import BLEND_VARIANTS, MASK_MODES, PARSING_MODES
 
@@ -30,6 +32,7 @@ __all__ = [
     "blur_kernel_size",
     "crop_with_padding",
     "expanded_square",
+    "first_pasted_face_row",
     "landmark_mask",
     "parsing_mask",
     "paste_face",
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_EXPAND = 1.5
+UPPER_BOUNDARY_RATIO = 0.5  # the alpha is cut above this fraction of the square (official)
 DEFAULT_CHEEK_WIDTH = 90  # what the v1.5 scripts pass; the parser class default is 80
 
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, NECK = 1, 10, 11, 12, 13, 14
@@ -133,7 +137,7 @@ def resize_mask_to_square(mask: np.ndarray, square: Box) -> np.ndarray:
 
 
 def blend_alpha(mask: np.ndarray, box: Box, square: Box, variant: str = "normal",
-                upper_boundary_ratio: float = 0.5) -> np.ndarray:
+                upper_boundary_ratio: float = UPPER_BOUNDARY_RATIO) -> np.ndarray:
     """Blurred alpha (``uint8``, square-sized) from a 512x512 mask over ``square``.
 
     The mask is resized to the square, kept only inside the face box and below
@@ -151,25 +155,46 @@ def blend_alpha(mask: np.ndarray, box: Box, square: Box, variant: str = "normal"
     return cv2.GaussianBlur(alpha, (kernel, kernel), 0)
 
 
+def first_pasted_face_row(box: Box, square: Box, variant: str = "normal",
+                          upper_boundary_ratio: float = UPPER_BOUNDARY_RATIO) -> int:
+    """The first row of the generated 256x256 face that can reach the pasted frame.
+
+    The alpha is zero above ``upper_boundary_ratio`` of the square except for
+    the blur's spread (half its kernel); mapping that frame row into the box
+    and through the bilinear resize gives the first face row it reads. Rows
+    above it may be anything: the paste never shows them.
+    """
+    x1, y1, x2, y2 = box
+    xs, ys, xe, _ = square
+    side = xe - xs
+    first_frame_row = ys + int(side * upper_boundary_ratio) - blur_kernel_size(side, variant) // 2
+    first_box_row = max(first_frame_row, y1) - y1
+    return max(0, math.floor((first_box_row + 0.5) * FACE_SIZE / (y2 - y1) - 0.5))
+
+
 def paste_face(frame: np.ndarray, face: np.ndarray, box: Box, square: Box, alpha: np.ndarray) -> np.ndarray:
     """Composite the generated face (any square size, resized to the box) into a copy of the frame.
 
     Inside the square, ``out = (frame * (255 - a) + face * a) / 255`` rounded
-    half up (Pillow's paste with a mask); pixels outside are untouched.
+    half up (Pillow's paste with a mask); pixels outside are untouched. Where
+    the official composite puts the frame itself (the square outside the box)
+    or the alpha is zero, that formula gives the frame back exactly, so only
+    the rows of the box that the alpha reaches are computed.
     """
     x1, y1, x2, y2 = box
     xs, ys, xe, ye = square
-    face_large = crop_with_padding(frame, square)
-    face_large[y1 - ys:y2 - ys, x1 - xs:x2 - xs] = resize_face_to_box(face, box)
-
     height, width = frame.shape[:2]
-    fx1, fy1, fx2, fy2 = max(xs, 0), max(ys, 0), min(xe, width), min(ye, height)
     out = frame.copy()
-    if fx1 >= fx2 or fy1 >= fy2:
+    visible_rows = np.flatnonzero(alpha.any(axis=1))
+    if len(visible_rows) == 0:
         return out
-    a = alpha[fy1 - ys:fy2 - ys, fx1 - xs:fx2 - xs, None].astype(np.uint32)
-    background = frame[fy1:fy2, fx1:fx2].astype(np.uint32)
-    foreground = face_large[fy1 - ys:fy2 - ys, fx1 - xs:fx2 - xs].astype(np.uint32)
-    mixed = background * (255 - a) + foreground * a + 128
-    out[fy1:fy2, fx1:fx2] = ((mixed + (mixed >> 8)) >> 8).astype(np.uint8)
+    px1, px2 = max(x1, xs, 0), min(x2, xe, width)
+    py1, py2 = max(y1, ys + int(visible_rows[0]), 0), min(y2, ys + int(visible_rows[-1]) + 1, height)
+    if px1 >= px2 or py1 >= py2:
+        return out
+    foreground = resize_face_to_box(face, box)[py1 - y1:py2 - y1, px1 - x1:px2 - x1].astype(np.uint16)
+    a = alpha[py1 - ys:py2 - ys, px1 - xs:px2 - xs, None].astype(np.uint16)
+    background = frame[py1:py2, px1:px2].astype(np.uint16)
+    mixed = background * (255 - a) + foreground * a + 128  # at most 255 * 255 + 128: fits uint16
+    out[py1:py2, px1:px2] = ((mixed + (mixed >> 8)) >> 8).astype(np.uint8)
     return out

@@ -5,6 +5,10 @@ and avatar latents go through the UNet and the VAE decoder, the generated faces
 are pasted into the decoded source frames, and the frames go straight to the
 encoder. Memory therefore stays bounded whatever the length. Blending runs on
 a worker thread while the models work on the next batch.
+
+By default the decoder skips the upper latent rows, which the paste never
+shows (``decode="partial"``; ``"full"`` decodes the whole face as the official
+code does).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .face_detection import create_detector
 from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
-from .options import BLEND_VARIANTS, LENGTH_POLICIES
+from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES
 from .unet import MuseTalkUNet, load_unet
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
@@ -125,12 +129,15 @@ class DubOptions:
     context_left: int = DEFAULT_CONTEXT
     context_right: int = DEFAULT_CONTEXT
     exact_fps: bool = True  # False reproduces the official int(fps) truncation (drifts on 29.97 fps)
+    decode: str = "partial"  # "full" decodes the whole face (official); "partial" only the rows the paste shows
 
     def __post_init__(self):
         if self.length_policy not in LENGTH_POLICIES:
             raise ValueError(f"Unknown length policy {self.length_policy!r}; choose one of {', '.join(LENGTH_POLICIES)}.")
         if self.blend_variant not in BLEND_VARIANTS:
             raise ValueError(f"Unknown blend variant {self.blend_variant!r}; choose one of {', '.join(BLEND_VARIANTS)}.")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"Unknown decode mode {self.decode!r}; choose one of {', '.join(DECODE_MODES)}.")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
 
@@ -173,6 +180,8 @@ class LatentSource(Protocol):
 class RegionSource(Protocol):
     def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray], variant: str = "normal") -> list: ...
 
+    def first_pasted_row(self, indices: Sequence[int], variant: str = "normal") -> int: ...
+
 
 def predict_faces(unet: MuseTalkUNet, faces: LatentSource, audio: AudioFeatures, plan: OutputPlan,
                   output_indices: np.ndarray) -> torch.Tensor:
@@ -213,31 +222,45 @@ def _batches(total: int, batch_size: int):
         yield np.arange(start, min(start + batch_size, total))
 
 
-def _pipelined(work, batches, progress: Progress | None, total: int) -> Iterator[np.ndarray]:
-    """Run ``work(batch) -> Future`` for each batch, yielding results in order while the next batch is computed."""
-    pending: deque = deque()
-    for output_indices in batches:
-        pending.append(work(output_indices))
-        while len(pending) > 1:
+def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
+              predict: Callable[[np.ndarray], torch.Tensor], vae: FaceVAE, variant: str, batch_size: int,
+              decode: str, progress: Progress | None) -> Iterator[np.ndarray]:
+    """The one generation loop: per batch, ``predict(output_indices)`` -> decode -> paste (on a worker thread).
+
+    Results are yielded in order while the next batch is computed.
+    """
+    empty = np.zeros((0, 256, 256, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
+        def work(output_indices: np.ndarray):
+            rows = plan.face_rows(output_indices)
+            faces = empty
+            if len(rows):
+                shown = plan.source_indices[output_indices[rows]]
+                from_row = regions.first_pasted_row(shown, variant) if decode == "partial" else 0
+                faces = vae.decode(predict(output_indices), from_row)
+            return blender.submit(blend_frames, source, regions, plan, output_indices, faces, variant)
+
+        pending: deque = deque()
+        for output_indices in _batches(plan.num_frames, batch_size):
+            pending.append(work(output_indices))
+            while len(pending) > 1:
+                yield from pending.popleft().result()
+            if progress:
+                progress("lip sync", int(output_indices[-1]) + 1, plan.num_frames)
+        while pending:
             yield from pending.popleft().result()
-        if progress:
-            progress("lip sync", int(output_indices[-1]) + 1, total)
-    while pending:
-        yield from pending.popleft().result()
 
 
 def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPlan, predicted: torch.Tensor,
                      vae: FaceVAE, variant: str = "normal", batch_size: int = 8,
-                     progress: Progress | None = None) -> Iterator[np.ndarray]:
+                     progress: Progress | None = None, decode: str = "partial") -> Iterator[np.ndarray]:
     """Yield the output frames from precomputed UNet predictions (one row per output frame with a face)."""
     first_row = np.concatenate([[0], np.cumsum(plan.has_face)])
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
-        def work(output_indices):
-            rows = predicted[first_row[output_indices[0]]:first_row[output_indices[-1] + 1]]
-            faces = vae.decode(rows) if len(rows) else np.zeros((0, 256, 256, 3), np.uint8)
-            return blender.submit(blend_frames, source, regions, plan, output_indices, faces, variant)
 
-        yield from _pipelined(work, _batches(plan.num_frames, batch_size), progress, plan.num_frames)
+    def predict(output_indices: np.ndarray) -> torch.Tensor:
+        return predicted[first_row[output_indices[0]]:first_row[output_indices[-1] + 1]]
+
+    yield from _generate(source, regions, plan, predict, vae, variant, batch_size, decode, progress)
 
 
 def lip_sync_frames(
@@ -255,14 +278,12 @@ def lip_sync_frames(
     on a worker thread while the models work on the next batch.
     """
     plan = OutputPlan.build(audio.num_frames, avatar.track.has_face, options.length_policy)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
-        def work(output_indices):
-            faces = np.zeros((0, 256, 256, 3), np.uint8)
-            if len(plan.face_rows(output_indices)):
-                faces = vae.decode(predict_faces(unet, avatar, audio, plan, output_indices))
-            return blender.submit(blend_frames, source, avatar, plan, output_indices, faces, options.blend_variant)
 
-        yield from _pipelined(work, _batches(plan.num_frames, options.batch_size), progress, plan.num_frames)
+    def predict(output_indices: np.ndarray) -> torch.Tensor:
+        return predict_faces(unet, avatar, audio, plan, output_indices)
+
+    yield from _generate(source, avatar, plan, predict, vae, options.blend_variant, options.batch_size,
+                         options.decode, progress)
 
 
 @dataclass

@@ -10,7 +10,9 @@ import pytest
 from musetalk_lib.blending import (
     blend_alpha,
     blur_kernel_size,
+    crop_with_padding,
     expanded_square,
+    first_pasted_face_row,
     landmark_mask,
     parsing_mask,
     paste_face,
@@ -123,3 +125,44 @@ def test_alpha_is_limited_to_the_lower_half_of_the_box(scene):
     rows = np.nonzero(alpha.any(axis=1))[0]
     assert rows.min() >= side // 2 - kernel // 2
     assert rows.max() <= box[3] - square[1] + kernel // 2
+
+
+def reference_paste(frame, face, box, square, alpha):
+    """The official composite, computed over the whole square in wide integers."""
+    x1, y1, x2, y2 = box
+    xs, ys, xe, ye = square
+    face_large = crop_with_padding(frame, square)
+    face_large[y1 - ys:y2 - ys, x1 - xs:x2 - xs] = cv2.resize(face, (x2 - x1, y2 - y1))
+    fx1, fy1, fx2, fy2 = max(xs, 0), max(ys, 0), min(xe, frame.shape[1]), min(ye, frame.shape[0])
+    a = alpha[fy1 - ys:fy2 - ys, fx1 - xs:fx2 - xs, None].astype(np.uint32)
+    mixed = frame[fy1:fy2, fx1:fx2].astype(np.uint32) * (255 - a) + face_large[fy1 - ys:fy2 - ys, fx1 - xs:fx2 - xs] * a
+    out = frame.copy()
+    out[fy1:fy2, fx1:fx2] = ((mixed + 128 + ((mixed + 128) >> 8)) >> 8).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("box", [(60, 40, 160, 170), (0, 0, 90, 120), (150, 90, 240, 200), (5, 150, 60, 200)])
+@pytest.mark.parametrize("variant", ["normal", "realtime"])
+def test_paste_equals_the_official_composite_over_the_whole_square(scene, box, variant):
+    frame, face, _, _ = scene
+    square = expanded_square(box)
+    mask = np.random.default_rng(4).integers(0, 2, (512, 512), dtype=np.uint8) * 255
+    alpha = blend_alpha(mask, box, square, variant)
+    assert np.array_equal(paste_face(frame, face, box, square, alpha), reference_paste(frame, face, box, square, alpha))
+
+
+@pytest.mark.parametrize("box", [(60, 40, 160, 170), (20, 10, 230, 60), (100, 5, 130, 195), (0, 100, 40, 200)])
+@pytest.mark.parametrize("variant", ["normal", "realtime"])
+def test_face_rows_above_the_first_pasted_row_never_show(scene, box, variant):
+    frame, face, _, _ = scene
+    square = expanded_square(box)
+    alpha = blend_alpha(np.full((512, 512), 255, np.uint8), box, square, variant)
+    first = first_pasted_face_row(box, square, variant)
+    assert 0 < first < 128
+    garbled = face.copy()
+    garbled[:first] = 255 - garbled[:first]
+    assert np.array_equal(paste_face(frame, garbled, box, square, alpha), paste_face(frame, face, box, square, alpha))
+    # Tight up to the blur's rounding: its faint tail rounds to 0 in uint8.
+    first_box_row = square[1] + int(np.flatnonzero(alpha.any(axis=1))[0]) - box[1]
+    scale = 256 / (box[3] - box[1])
+    assert first <= (first_box_row + 0.5) * scale - 0.5 <= first + 2 * scale + 1
