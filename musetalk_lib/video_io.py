@@ -1,15 +1,18 @@
 """Video and image input/output with PyAV (FFmpeg libraries bundled; no ffmpeg binary needed).
 
 Frames are RGB ``uint8`` arrays ``[H, W, 3]``. Reading streams frame by frame
-(with seeking for random access), so long videos never sit in memory. Writing
-produces H.264 (yuv420p) + AAC MP4 under a temporary name that is renamed only
-once the file is complete.
+(with seeking for random access), so long videos never sit in memory; an
+optional byte-bounded cache keeps recently decoded frames so that reading them
+again (ping-pong playback) does not decode them again. Writing produces H.264
+(yuv420p) + AAC MP4 under a temporary name that is renamed only once the file
+is complete.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +21,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
+from .frame_cache import FrameCache
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -90,10 +95,20 @@ class VideoReader:
     """Streams RGB frames from a video file; ``frames(indices)`` gives random access.
 
     Use as a context manager, iterate for all frames in order, or ask for
-    arbitrary frame numbers (sequential runs decode forward, going back seeks).
+    arbitrary frame numbers (sequential runs decode forward, going back seeks
+    to a keyframe and decodes forward from there).
+
+    With ``cache_bytes > 0`` the frames decoded by :meth:`frames` are kept in
+    a :class:`~musetalk_lib.frame_cache.FrameCache` of that many bytes, so
+    frames read again (a ping-pong cycle that fits) are decoded once. A read
+    that has to go back decodes a whole window ending at the requested frames,
+    as many frames as the cache holds, so the backward reads that follow find
+    their frames cached instead of seeking for every batch. Frames from a
+    reader with a cache are read-only: copy one before changing it.
+    ``frames_decoded`` counts the frames the decoder has produced.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = 0):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"Video not found: {self.path}")
@@ -107,6 +122,8 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self.info = self._probe()
+        self.cache = FrameCache(cache_bytes) if cache_bytes > 0 else None
+        self.frames_decoded = 0
         self._decoder: Iterator | None = None
         self._next_index = 0
 
@@ -161,43 +178,78 @@ class VideoReader:
             self._decoder = self._container.decode(self._stream)
             self._next_index = -1  # unknown until a frame arrives
 
-    def _next_frame(self) -> tuple[int, np.ndarray] | None:
+    def _next_frame(self) -> tuple[int, av.VideoFrame] | None:
+        """The next decoded frame and its index; ``None`` at the end of the stream (the next read then seeks)."""
         try:
             frame = next(self._decoder)
         except StopIteration:
+            self._decoder, self._next_index = None, self.info.num_frames
             return None
         except av.FFmpegError as error:
             raise VideoError(f"{self.path}: decoding failed ({error}); the file may be truncated or corrupt.") from error
+        self.frames_decoded += 1
         index = self._frame_index(frame) if self._next_index < 0 else self._next_index
         self._next_index = index + 1
-        return index, np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        return index, frame
+
+    def _read_range(self, target: int, pending: Sequence[int]) -> tuple[int, int]:
+        """``(first, last)``: keep the decoded frames from ``first`` on and stop once ``last`` is decoded.
+
+        ``target`` is the first of the ``pending`` (ascending) frames. Going
+        back with a cache, the range is the cache's capacity and ends at the
+        last pending frame within it; otherwise it is just ``target``.
+        """
+        window = self.cache.capacity(self.info.width * self.info.height * 3) if self.cache is not None else 0
+        if window <= 1 or target >= self._next_index:
+            return target, target
+        last = max(index for index in pending if index < target + window)
+        return max(0, last - window + 1), last
+
+    def _keep(self, index: int, frame: av.VideoFrame) -> np.ndarray:
+        """The RGB pixels of a decoded frame, stored in the cache (converted only if not cached already)."""
+        if self.cache is None:
+            return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        cached = self.cache.get(index)
+        if cached is not None:
+            return cached
+        return self.cache.put(index, np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
 
     def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """Frames at ``indices`` (any order, repeats allowed)."""
+        """Frames at ``indices`` (any order, repeats allowed); read-only when the reader has a cache."""
         wanted = sorted(set(int(i) for i in indices))
         if wanted and (wanted[0] < 0 or wanted[-1] >= self.info.num_frames):
             raise IndexError(f"Frame indices must be in [0, {self.info.num_frames}), got {wanted[0]}..{wanted[-1]}")
         found: dict[int, np.ndarray] = {}
+        if self.cache is not None:
+            found = {index: frame for index in wanted if (frame := self.cache.get(index)) is not None}
+        pending = deque(index for index in wanted if index not in found)
         last_frame: np.ndarray | None = None
-        for target in wanted:
-            if target in found:
-                continue
-            self._decode_from(target)
-            while True:
+        last_skipped: tuple[int, av.VideoFrame] | None = None
+        while pending:
+            first, last = self._read_range(pending[0], pending)
+            self._decode_from(first)
+            while pending and pending[0] <= last:
                 decoded = self._next_frame()
                 if decoded is None:  # stream shorter than announced: repeat the last frame
+                    if last_skipped is not None:  # the last decoded frame was lead-in: convert it now
+                        last_frame = self._keep(*last_skipped)
                     if last_frame is None:
-                        raise VideoError(f"{self.path}: frame {target} could not be decoded.")
-                    found[target] = last_frame
+                        raise VideoError(f"{self.path}: frame {pending[0]} could not be decoded.")
+                    while pending:
+                        index = pending.popleft()
+                        found[index] = self.cache.put(index, last_frame) if self.cache is not None else last_frame
                     break
-                index, pixels = decoded
-                last_frame = pixels
-                if index >= target:
-                    found[target] = pixels
-                    break
+                index, frame = decoded
+                if index < first:  # lead-in from the keyframe: decoded, never converted
+                    last_skipped = decoded
+                    continue
+                last_frame, last_skipped = self._keep(index, frame), None
+                while pending and pending[0] <= index:
+                    found[pending.popleft()] = last_frame
         return [found[int(i)] for i in indices]
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        """All frames in order (fresh, writable arrays; the cache is neither read nor filled)."""
         self._decode_from(0)
         count = 0
         while True:
@@ -205,7 +257,7 @@ class VideoReader:
             if decoded is None:
                 break
             count += 1
-            yield decoded[1]
+            yield np.ascontiguousarray(decoded[1].to_ndarray(format="rgb24"))
         if count == 0:
             raise VideoError(f"{self.path}: no frame could be decoded.")
 

@@ -1,0 +1,115 @@
+"""Video input: the decoded-frame cache."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from musetalk_lib.frame_cache import DEFAULT_CACHE_BYTES, FrameCache
+from musetalk_lib.frame_source import VideoFileSource
+from musetalk_lib.pipeline import source_frame_indices
+from musetalk_lib.video_io import VideoReader
+
+CLOSEUP_FRAMES = 45
+FRAME_BYTES = 350 * 350 * 3
+
+
+def sequential_frames(path):
+    with VideoReader(path) as reader:
+        return list(reader)
+
+
+def pingpong_batches(num_source, cycles=3, batch_size=8):
+    order = source_frame_indices(np.arange(cycles * 2 * num_source), num_source, "pingpong")
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+# ------------------------------------------------------------------------------------------ frame cache
+def test_frame_cache_evicts_least_recently_used_within_its_budget():
+    frames = [np.full((2, 2, 3), value, np.uint8) for value in range(4)]  # 12 bytes each
+    cache = FrameCache(max_bytes=36)
+    for index in range(3):
+        cache.put(index, frames[index])
+    assert cache.get(0) is frames[0]  # 0 is now the most recently used
+    cache.put(3, frames[3])
+    assert 1 not in cache and {0, 2, 3} == {i for i in range(4) if i in cache}
+    assert cache.nbytes == 36 and len(cache) == 3
+    assert cache.capacity(12) == 3
+
+
+def test_frame_cache_makes_frames_read_only_and_skips_frames_over_budget():
+    cache = FrameCache(max_bytes=10)
+    big = np.zeros((2, 2, 3), np.uint8)
+    assert cache.put(0, big) is big and not big.flags.writeable
+    assert 0 not in cache and cache.nbytes == 0
+    with pytest.raises(ValueError):
+        FrameCache(-1)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def test_pingpong_over_a_clip_that_fits_decodes_each_frame_once(media):
+    path = media / "talking_closeup.mp4"
+    expected = sequential_frames(path)
+    source = VideoFileSource(path)
+    for batch in pingpong_batches(source.num_frames):
+        for index, frame in zip(batch, source.frames(batch)):
+            np.testing.assert_array_equal(frame, expected[index])
+    assert source.num_frames == CLOSEUP_FRAMES
+    assert source.frames_decoded == CLOSEUP_FRAMES
+    source.close()
+
+
+def test_tiny_budget_stays_bounded_reads_windows_and_returns_the_same_frames(media):
+    path = media / "talking_closeup.mp4"
+    expected = sequential_frames(path)
+    decoded = {}
+    for budget in (0, 10 * FRAME_BYTES):
+        with VideoReader(path, cache_bytes=budget) as reader:
+            for batch in pingpong_batches(reader.info.num_frames):
+                for index, frame in zip(batch, reader.frames(batch)):
+                    np.testing.assert_array_equal(frame, expected[index])
+                if reader.cache is not None:
+                    assert reader.cache.nbytes <= budget and len(reader.cache) <= 10
+            decoded[budget] = reader.frames_decoded
+    # Without a cache every backward batch seeks to the clip's only keyframe; windows of 10 cut that down.
+    assert decoded[10 * FRAME_BYTES] < 0.75 * decoded[0]
+
+
+@pytest.mark.parametrize("clip", ["talking_avatar.mp4", "odd_size.mp4"])
+@pytest.mark.parametrize("budget_frames", [3, 20, 1000])
+def test_random_access_through_the_cache_matches_a_sequential_decode(media, clip, budget_frames):
+    path = media / clip
+    expected = sequential_frames(path)
+    generator = np.random.default_rng(budget_frames)
+    with VideoReader(path) as probe:
+        frame_bytes = probe.info.width * probe.info.height * 3
+    with VideoReader(path, cache_bytes=budget_frames * frame_bytes) as reader:
+        for _ in range(25):
+            batch = generator.integers(0, len(expected), size=generator.integers(1, 9))
+            for index, frame in zip(batch, reader.frames(batch)):
+                np.testing.assert_array_equal(frame, expected[index])
+            assert reader.cache.nbytes <= reader.cache.max_bytes
+
+
+def test_cached_frames_are_read_only_and_uncached_ones_writable(media):
+    path = media / "talking_closeup.mp4"
+    source = VideoFileSource(path)
+    frame = source.frames([3])[0]
+    assert not frame.flags.writeable
+    with pytest.raises(ValueError):
+        frame[0, 0] = 0
+    assert source.frames([3])[0] is frame
+    source.close()
+    with VideoReader(path) as reader:
+        assert reader.cache is None and reader.frames([3])[0].flags.writeable
+
+
+@pytest.mark.parametrize("budget", [0, DEFAULT_CACHE_BYTES])
+def test_frames_past_a_short_stream_repeat_the_last_frame_on_every_read(media, budget):
+    path = media / "talking_closeup.mp4"
+    expected = sequential_frames(path)
+    with VideoReader(path, cache_bytes=budget) as reader:
+        reader.info = dataclasses.replace(reader.info, num_frames=CLOSEUP_FRAMES + 5)  # announced too many
+        for batch in ([43, 44, 47], [48, 46], [44, 49], [0, 49]):
+            for index, frame in zip(batch, reader.frames(batch)):
+                np.testing.assert_array_equal(frame, expected[min(index, CLOSEUP_FRAMES - 1)])
