@@ -1,14 +1,15 @@
-"""Video input: the decoded-frame cache."""
+"""Video input/output: the decoded-frame cache and the threaded atomic writer."""
 
 import dataclasses
 
+import av
 import numpy as np
 import pytest
 
 from musetalk_lib.frame_cache import DEFAULT_CACHE_BYTES, FrameCache
 from musetalk_lib.frame_source import VideoFileSource
 from musetalk_lib.pipeline import source_frame_indices
-from musetalk_lib.video_io import VideoReader
+from musetalk_lib.video_io import VideoError, VideoReader, VideoWriter
 
 CLOSEUP_FRAMES = 45
 FRAME_BYTES = 350 * 350 * 3
@@ -22,6 +23,15 @@ def sequential_frames(path):
 def pingpong_batches(num_source, cycles=3, batch_size=8):
     order = source_frame_indices(np.arange(cycles * 2 * num_source), num_source, "pingpong")
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def leftovers(folder):
+    return sorted(path.name for path in folder.iterdir())
+
+
+def decoded_frames(path):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
 # ------------------------------------------------------------------------------------------ frame cache
@@ -113,3 +123,76 @@ def test_frames_past_a_short_stream_repeat_the_last_frame_on_every_read(media, b
         for batch in ([43, 44, 47], [48, 46], [44, 49], [0, 49]):
             for index, frame in zip(batch, reader.frames(batch)):
                 np.testing.assert_array_equal(frame, expected[min(index, CLOSEUP_FRAMES - 1)])
+
+
+# ------------------------------------------------------------------------------------------ writing
+def test_threaded_writer_writes_every_frame_and_copies_reused_buffers(tmp_path):
+    path = tmp_path / "out.mp4"
+    buffer = np.zeros((48, 64, 3), np.uint8)
+    levels = [16 * (i % 15) for i in range(40)]
+    with VideoWriter(path, 64, 48, 15, queue_frames=2) as writer:
+        for level in levels:
+            buffer[:] = level  # the caller reuses its buffer as soon as write() returns
+            writer.write(buffer)
+    assert writer.frames_written == len(levels)
+    frames = decoded_frames(path)
+    assert len(frames) == len(levels)
+    means = [float(frame.mean()) for frame in frames]
+    assert np.allclose(means, levels, atol=3)
+    assert leftovers(tmp_path) == ["out.mp4"]
+
+
+def test_writer_with_audio_and_odd_size(tmp_path):
+    path = tmp_path / "odd.mp4"
+    audio = np.zeros((1, 16000), np.float32)
+    with VideoWriter(path, 35, 27, 15, audio, 16000) as writer:
+        for _ in range(15):
+            writer.write(np.full((27, 35, 3), 100, np.uint8))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 15 and container.streams.audio
+
+
+def test_exception_inside_the_with_block_leaves_no_file(tmp_path):
+    path = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="model failed"):
+        with VideoWriter(path, 64, 48, 15) as writer:
+            for _ in range(10):
+                writer.write(np.zeros((48, 64, 3), np.uint8))
+            raise RuntimeError("model failed")
+    assert leftovers(tmp_path) == []
+
+
+def test_abort_deletes_the_partial_file_and_closes_the_writer(tmp_path):
+    writer = VideoWriter(tmp_path / "out.mp4", 64, 48, 15)
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.abort()
+    assert leftovers(tmp_path) == []
+    with pytest.raises(VideoError, match="closed"):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+
+
+def test_encoder_error_surfaces_from_close_and_leaves_no_file(tmp_path):
+    path = tmp_path / "out.mp4"
+    writer = VideoWriter(path, 64, 48, 15, preset="no-such-preset")
+    writer.write(np.zeros((48, 64, 3), np.uint8))  # accepted: the encoder fails on its thread
+    with pytest.raises(VideoError, match="Encoding .* failed") as raised:
+        writer.close()
+    assert isinstance(raised.value.__cause__, av.FFmpegError)
+    assert leftovers(tmp_path) == []
+
+
+def test_encoder_error_stops_a_with_block_and_leaves_no_file(tmp_path):
+    with pytest.raises(VideoError, match="Encoding .* failed"):
+        with VideoWriter(tmp_path / "out.mp4", 64, 48, 15, preset="no-such-preset") as writer:
+            for _ in range(50):
+                writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("frame", "message"), [(np.zeros((48, 60, 3), np.uint8), "writer expects 64x48"),
+                                                (np.zeros((48, 64, 3), np.float32), "must be uint8")])
+def test_write_refuses_a_wrong_frame_at_once(tmp_path, frame, message):
+    with pytest.raises(VideoError, match=message):
+        with VideoWriter(tmp_path / "out.mp4", 64, 48, 15) as writer:
+            writer.write(frame)
+    assert leftovers(tmp_path) == []
