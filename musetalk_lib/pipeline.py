@@ -33,6 +33,7 @@ from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
 from .options import BLEND_VARIANTS, LENGTH_POLICIES
+from .read_ahead import ReadAhead
 from .unet import MuseTalkUNet, load_unet
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
@@ -193,11 +194,14 @@ def predict_all(unet: MuseTalkUNet, faces: LatentSource, audio: AudioFeatures, p
     return torch.cat(pieces) if pieces else torch.zeros((0, 4, 32, 32))
 
 
-def blend_frames(source: FrameSource, regions: RegionSource, plan: OutputPlan, output_indices: np.ndarray,
+def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPlan, output_indices: np.ndarray,
                  faces: np.ndarray, variant: str = "normal") -> list[np.ndarray]:
-    """Source frames of ``output_indices`` with the generated ``faces`` (one per face row) pasted in."""
+    """The source ``frames`` of ``output_indices`` with the generated ``faces`` (one per face row) pasted in.
+
+    ``frames`` (``source.frames(plan.source_indices[output_indices])``) may be
+    read-only: pasting makes new arrays, frames without a face are returned as given.
+    """
     source_indices = plan.source_indices[output_indices]
-    frames = source.frames(source_indices)
     face_rows = plan.face_rows(output_indices)
     if len(face_rows) == 0:
         return frames
@@ -211,6 +215,11 @@ def blend_frames(source: FrameSource, regions: RegionSource, plan: OutputPlan, o
 def _batches(total: int, batch_size: int):
     for start in range(0, total, batch_size):
         yield np.arange(start, min(start + batch_size, total))
+
+
+def _read_source_batches(source: FrameSource, plan: OutputPlan, batch_size: int) -> ReadAhead:
+    """The source frames of each output batch, decoded ahead on a worker thread."""
+    return ReadAhead(source, (plan.source_indices[batch] for batch in _batches(plan.num_frames, batch_size)))
 
 
 def _pipelined(work, batches, progress: Progress | None, total: int) -> Iterator[np.ndarray]:
@@ -231,11 +240,12 @@ def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPla
                      progress: Progress | None = None) -> Iterator[np.ndarray]:
     """Yield the output frames from precomputed UNet predictions (one row per output frame with a face)."""
     first_row = np.concatenate([[0], np.cumsum(plan.has_face)])
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender,
+          _read_source_batches(source, plan, batch_size) as source_frames):
         def work(output_indices):
             rows = predicted[first_row[output_indices[0]]:first_row[output_indices[-1] + 1]]
             faces = vae.decode(rows) if len(rows) else np.zeros((0, 256, 256, 3), np.uint8)
-            return blender.submit(blend_frames, source, regions, plan, output_indices, faces, variant)
+            return blender.submit(blend_frames, next(source_frames), regions, plan, output_indices, faces, variant)
 
         yield from _pipelined(work, _batches(plan.num_frames, batch_size), progress, plan.num_frames)
 
@@ -255,12 +265,14 @@ def lip_sync_frames(
     on a worker thread while the models work on the next batch.
     """
     plan = OutputPlan.build(audio.num_frames, avatar.track.has_face, options.length_policy)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender,
+          _read_source_batches(source, plan, options.batch_size) as source_frames):
         def work(output_indices):
             faces = np.zeros((0, 256, 256, 3), np.uint8)
             if len(plan.face_rows(output_indices)):
                 faces = vae.decode(predict_faces(unet, avatar, audio, plan, output_indices))
-            return blender.submit(blend_frames, source, avatar, plan, output_indices, faces, options.blend_variant)
+            return blender.submit(blend_frames, next(source_frames), avatar, plan, output_indices, faces,
+                                  options.blend_variant)
 
         yield from _pipelined(work, _batches(plan.num_frames, options.batch_size), progress, plan.num_frames)
 

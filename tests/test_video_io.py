@@ -1,6 +1,7 @@
-"""Video input/output: the decoded-frame cache and the threaded atomic writer."""
+"""Video input/output: the decoded-frame cache, read-ahead, and the threaded atomic writer."""
 
 import dataclasses
+import threading
 
 import av
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from musetalk_lib.frame_cache import DEFAULT_CACHE_BYTES, FrameCache
 from musetalk_lib.frame_source import VideoFileSource
 from musetalk_lib.pipeline import source_frame_indices
+from musetalk_lib.read_ahead import ReadAhead
 from musetalk_lib.video_io import VideoError, VideoReader, VideoWriter
 
 CLOSEUP_FRAMES = 45
@@ -123,6 +125,47 @@ def test_frames_past_a_short_stream_repeat_the_last_frame_on_every_read(media, b
         for batch in ([43, 44, 47], [48, 46], [44, 49], [0, 49]):
             for index, frame in zip(batch, reader.frames(batch)):
                 np.testing.assert_array_equal(frame, expected[min(index, CLOSEUP_FRAMES - 1)])
+
+
+# ------------------------------------------------------------------------------------------ read-ahead
+class RecordingSource:
+    """A frame source that records which thread reads which batch."""
+
+    def __init__(self, num_frames=40):
+        self.num_frames = num_frames
+        self.reads = []
+
+    def frames(self, indices):
+        if max(indices) >= self.num_frames:
+            raise IndexError(f"frame {max(indices)} out of range")
+        self.reads.append((threading.current_thread().name, list(indices)))
+        return [np.full((2, 2, 3), index, np.uint8) for index in indices]
+
+
+def test_read_ahead_yields_each_batch_in_order_from_one_worker_thread():
+    source = RecordingSource()
+    batches = [[0, 1, 2], [5, 4], [9], [3, 3]]
+    with ReadAhead(source, batches, depth=2) as read_ahead:
+        got = [[int(frame[0, 0, 0]) for frame in frames] for frames in read_ahead]
+    assert got == batches
+    assert [indices for _, indices in source.reads] == batches
+    threads = {name for name, _ in source.reads}
+    assert len(threads) == 1 and threads.pop().startswith("musetalk-read")
+
+
+def test_read_ahead_stays_depth_batches_ahead_and_stops_when_closed():
+    source = RecordingSource()
+    batches = ([i] for i in range(30))
+    with ReadAhead(source, batches, depth=2) as read_ahead:
+        next(read_ahead)
+    assert len(source.reads) <= 3
+
+
+def test_read_ahead_raises_the_read_error_for_that_batch():
+    with ReadAhead(RecordingSource(num_frames=5), [[0], [7]]) as read_ahead:
+        assert next(read_ahead)[0][0, 0, 0] == 0
+        with pytest.raises(IndexError):
+            next(read_ahead)
 
 
 # ------------------------------------------------------------------------------------------ writing
