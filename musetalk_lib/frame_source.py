@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .frame_cache import DEFAULT_CACHE_BYTES
 from .video_io import VideoReader, is_image_path, read_image, to_rgb
 
 __all__ = ["ArraySource", "FrameSource", "StillImageSource", "VideoFileSource", "file_digest", "open_source"]
@@ -36,17 +37,29 @@ class FrameSource(Protocol):
 
 
 class VideoFileSource:
-    """Frames decoded on demand from a video file."""
+    """Frames decoded on demand from a video file.
 
-    def __init__(self, path: str | os.PathLike):
+    Decoded frames are kept in a least-recently-used cache of ``cache_bytes``
+    (0 disables it), so a ping-pong cycle that fits is decoded once and one
+    that does not is read backwards a cache-sized window at a time (see
+    :class:`~musetalk_lib.video_io.VideoReader`). The frames handed out are
+    then read-only: copy one before drawing on it.
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.path = Path(path)
-        self._reader = VideoReader(self.path)
+        self._reader = VideoReader(self.path, cache_bytes)
         info = self._reader.info
         self.num_frames, self.width, self.height = info.num_frames, info.width, info.height
         self.frame_rate = info.frame_rate
 
     def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
         return self._reader.frames(indices)
+
+    @property
+    def frames_decoded(self) -> int:
+        """How many frames the decoder has produced so far (each cache miss costs at least one)."""
+        return self._reader.frames_decoded
 
     def fingerprint(self) -> str:
         return file_digest(self.path)
@@ -107,8 +120,9 @@ class StillImageSource(ArraySource):
         return file_digest(self.path)
 
 
-def open_source(path: str | os.PathLike, still_fps: float = DEFAULT_STILL_FPS) -> FrameSource:
-    """A source for a video or an image file (chosen by extension)."""
+def open_source(path: str | os.PathLike, still_fps: float = DEFAULT_STILL_FPS,
+                cache_bytes: int = DEFAULT_CACHE_BYTES) -> FrameSource:
+    """A source for a video or an image file (chosen by extension); ``cache_bytes`` bounds a video's frame cache."""
     if is_image_path(path):
         return StillImageSource(path, still_fps)
-    return VideoFileSource(path)
+    return VideoFileSource(path, cache_bytes)

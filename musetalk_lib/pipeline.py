@@ -37,6 +37,7 @@ from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
 from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES
+from .read_ahead import ReadAhead
 from .unet import MuseTalkUNet, load_unet
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
@@ -202,11 +203,14 @@ def predict_all(unet: MuseTalkUNet, faces: LatentSource, audio: AudioFeatures, p
     return torch.cat(pieces) if pieces else torch.zeros((0, 4, 32, 32))
 
 
-def blend_frames(source: FrameSource, regions: RegionSource, plan: OutputPlan, output_indices: np.ndarray,
+def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPlan, output_indices: np.ndarray,
                  faces: np.ndarray, variant: str = "normal") -> list[np.ndarray]:
-    """Source frames of ``output_indices`` with the generated ``faces`` (one per face row) pasted in."""
+    """The source ``frames`` of ``output_indices`` with the generated ``faces`` (one per face row) pasted in.
+
+    ``frames`` (``source.frames(plan.source_indices[output_indices])``) may be
+    read-only: pasting makes new arrays, frames without a face are returned as given.
+    """
     source_indices = plan.source_indices[output_indices]
-    frames = source.frames(source_indices)
     face_rows = plan.face_rows(output_indices)
     if len(face_rows) == 0:
         return frames
@@ -227,10 +231,13 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
               decode: str, progress: Progress | None) -> Iterator[np.ndarray]:
     """The one generation loop: per batch, ``predict(output_indices)`` -> decode -> paste (on a worker thread).
 
-    Results are yielded in order while the next batch is computed.
+    Source frames are decoded ahead on another worker thread; results are
+    yielded in order while the next batch is computed.
     """
     empty = np.zeros((0, 256, 256, 3), np.uint8)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender:
+    batches = list(_batches(plan.num_frames, batch_size))
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender,
+          ReadAhead(source, (plan.source_indices[batch] for batch in batches)) as source_frames):
         def work(output_indices: np.ndarray):
             rows = plan.face_rows(output_indices)
             faces = empty
@@ -238,10 +245,10 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
                 shown = plan.source_indices[output_indices[rows]]
                 from_row = regions.first_pasted_row(shown, variant) if decode == "partial" else 0
                 faces = vae.decode(predict(output_indices), from_row)
-            return blender.submit(blend_frames, source, regions, plan, output_indices, faces, variant)
+            return blender.submit(blend_frames, next(source_frames), regions, plan, output_indices, faces, variant)
 
         pending: deque = deque()
-        for output_indices in _batches(plan.num_frames, batch_size):
+        for output_indices in batches:
             pending.append(work(output_indices))
             while len(pending) > 1:
                 yield from pending.popleft().result()

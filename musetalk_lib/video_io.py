@@ -1,16 +1,22 @@
 """Video and image input/output with PyAV (FFmpeg libraries bundled; no ffmpeg binary needed).
 
 Frames are RGB ``uint8`` arrays ``[H, W, 3]``. Reading streams frame by frame
-(with seeking for random access), so long videos never sit in memory. Writing
-produces H.264 (yuv420p) + AAC MP4 under a temporary name that is renamed only
-once the file is complete.
+(with seeking for random access), so long videos never sit in memory; an
+optional byte-bounded cache keeps recently decoded frames so that reading them
+again (ping-pong playback) does not decode them again. Writing produces H.264
+(yuv420p) + AAC MP4 on an encoder thread, under a temporary name that is
+renamed only once the file is complete.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +24,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
+from .frame_cache import FrameCache
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -90,10 +98,20 @@ class VideoReader:
     """Streams RGB frames from a video file; ``frames(indices)`` gives random access.
 
     Use as a context manager, iterate for all frames in order, or ask for
-    arbitrary frame numbers (sequential runs decode forward, going back seeks).
+    arbitrary frame numbers (sequential runs decode forward, going back seeks
+    to a keyframe and decodes forward from there).
+
+    With ``cache_bytes > 0`` the frames decoded by :meth:`frames` are kept in
+    a :class:`~musetalk_lib.frame_cache.FrameCache` of that many bytes, so
+    frames read again (a ping-pong cycle that fits) are decoded once. A read
+    that has to go back decodes a whole window ending at the requested frames,
+    as many frames as the cache holds, so the backward reads that follow find
+    their frames cached instead of seeking for every batch. Frames from a
+    reader with a cache are read-only: copy one before changing it.
+    ``frames_decoded`` counts the frames the decoder has produced.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = 0):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"Video not found: {self.path}")
@@ -107,6 +125,8 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self.info = self._probe()
+        self.cache = FrameCache(cache_bytes) if cache_bytes > 0 else None
+        self.frames_decoded = 0
         self._decoder: Iterator | None = None
         self._next_index = 0
 
@@ -161,43 +181,78 @@ class VideoReader:
             self._decoder = self._container.decode(self._stream)
             self._next_index = -1  # unknown until a frame arrives
 
-    def _next_frame(self) -> tuple[int, np.ndarray] | None:
+    def _next_frame(self) -> tuple[int, av.VideoFrame] | None:
+        """The next decoded frame and its index; ``None`` at the end of the stream (the next read then seeks)."""
         try:
             frame = next(self._decoder)
         except StopIteration:
+            self._decoder, self._next_index = None, self.info.num_frames
             return None
         except av.FFmpegError as error:
             raise VideoError(f"{self.path}: decoding failed ({error}); the file may be truncated or corrupt.") from error
+        self.frames_decoded += 1
         index = self._frame_index(frame) if self._next_index < 0 else self._next_index
         self._next_index = index + 1
-        return index, np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        return index, frame
+
+    def _read_range(self, target: int, pending: Sequence[int]) -> tuple[int, int]:
+        """``(first, last)``: keep the decoded frames from ``first`` on and stop once ``last`` is decoded.
+
+        ``target`` is the first of the ``pending`` (ascending) frames. Going
+        back with a cache, the range is the cache's capacity and ends at the
+        last pending frame within it; otherwise it is just ``target``.
+        """
+        window = self.cache.capacity(self.info.width * self.info.height * 3) if self.cache is not None else 0
+        if window <= 1 or target >= self._next_index:
+            return target, target
+        last = max(index for index in pending if index < target + window)
+        return max(0, last - window + 1), last
+
+    def _keep(self, index: int, frame: av.VideoFrame) -> np.ndarray:
+        """The RGB pixels of a decoded frame, stored in the cache (converted only if not cached already)."""
+        if self.cache is None:
+            return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        cached = self.cache.get(index)
+        if cached is not None:
+            return cached
+        return self.cache.put(index, np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
 
     def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """Frames at ``indices`` (any order, repeats allowed)."""
+        """Frames at ``indices`` (any order, repeats allowed); read-only when the reader has a cache."""
         wanted = sorted(set(int(i) for i in indices))
         if wanted and (wanted[0] < 0 or wanted[-1] >= self.info.num_frames):
             raise IndexError(f"Frame indices must be in [0, {self.info.num_frames}), got {wanted[0]}..{wanted[-1]}")
         found: dict[int, np.ndarray] = {}
+        if self.cache is not None:
+            found = {index: frame for index in wanted if (frame := self.cache.get(index)) is not None}
+        pending = deque(index for index in wanted if index not in found)
         last_frame: np.ndarray | None = None
-        for target in wanted:
-            if target in found:
-                continue
-            self._decode_from(target)
-            while True:
+        last_skipped: tuple[int, av.VideoFrame] | None = None
+        while pending:
+            first, last = self._read_range(pending[0], pending)
+            self._decode_from(first)
+            while pending and pending[0] <= last:
                 decoded = self._next_frame()
                 if decoded is None:  # stream shorter than announced: repeat the last frame
+                    if last_skipped is not None:  # the last decoded frame was lead-in: convert it now
+                        last_frame = self._keep(*last_skipped)
                     if last_frame is None:
-                        raise VideoError(f"{self.path}: frame {target} could not be decoded.")
-                    found[target] = last_frame
+                        raise VideoError(f"{self.path}: frame {pending[0]} could not be decoded.")
+                    while pending:
+                        index = pending.popleft()
+                        found[index] = self.cache.put(index, last_frame) if self.cache is not None else last_frame
                     break
-                index, pixels = decoded
-                last_frame = pixels
-                if index >= target:
-                    found[target] = pixels
-                    break
+                index, frame = decoded
+                if index < first:  # lead-in from the keyframe: decoded, never converted
+                    last_skipped = decoded
+                    continue
+                last_frame, last_skipped = self._keep(index, frame), None
+                while pending and pending[0] <= index:
+                    found[pending.popleft()] = last_frame
         return [found[int(i)] for i in indices]
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        """All frames in order (fresh, writable arrays; the cache is neither read nor filled)."""
         self._decode_from(0)
         count = 0
         while True:
@@ -205,7 +260,7 @@ class VideoReader:
             if decoded is None:
                 break
             count += 1
-            yield decoded[1]
+            yield np.ascontiguousarray(decoded[1].to_ndarray(format="rgb24"))
         if count == 0:
             raise VideoError(f"{self.path}: no frame could be decoded.")
 
@@ -222,48 +277,29 @@ def _pad_to_even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
-class VideoWriter:
-    """Writes an H.264 + AAC MP4 atomically.
+class _Mp4Encoder:
+    """The PyAV half of :class:`VideoWriter`: H.264 (yuv420p) + AAC into one MP4 container.
 
-    Frames go to ``.<name>.partial.mp4`` beside the target (or in
-    ``partial_dir``, e.g. an application's temp folder); :meth:`close` muxes the
-    rest of the audio and moves the file to its name. Leaving the ``with`` block
-    by an exception (or calling :meth:`abort`) deletes the partial file, so
-    nothing half-written ever appears under the final name. Odd frame sizes are
-    padded by one edge pixel (H.264 4:2:0 needs even sizes).
+    Every call for one encoder must come from the same thread (the writer's encoder thread).
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        width: int,
-        height: int,
-        fps: float | Fraction,
-        audio: np.ndarray | None = None,
-        audio_rate: int | None = None,
-        crf: int = 18,
-        preset: str = "medium",
-        partial_dir: str | os.PathLike | None = None,
-    ):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(partial_dir) if partial_dir is not None else self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        self.partial_path = folder / f".{self.path.stem}.{os.getpid()}.partial.mp4"
-        self.size = (width, height)
-        self.frame_rate = Fraction(fps).limit_denominator(100000)
-        self.frames_written = 0
-        self._container = av.open(str(self.partial_path), mode="w", format="mp4",
-                                  options={"movflags": "+faststart"})
-        out_width, out_height = even_size(width, height)
-        self._video = self._container.add_stream("libx264", rate=self.frame_rate)
-        self._video.width, self._video.height = out_width, out_height
-        self._video.pix_fmt = "yuv420p"
-        self._video.options = {"crf": str(crf), "preset": preset}
-        self._audio_stream = None
-        self._audio_samples_sent = 0
-        if audio is not None:
-            self._set_up_audio(audio, audio_rate)
+    def __init__(self, path: Path, size: tuple[int, int], frame_rate: Fraction, audio: np.ndarray | None,
+                 audio_rate: int | None, crf: int, preset: str):
+        self.frame_rate = frame_rate
+        self._frames = 0
+        self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        try:
+            self._video = self._container.add_stream("libx264", rate=frame_rate)
+            self._video.width, self._video.height = size
+            self._video.pix_fmt = "yuv420p"
+            self._video.options = {"crf": str(crf), "preset": preset}
+            self._audio_stream = None
+            self._audio_samples_sent = 0
+            if audio is not None:
+                self._set_up_audio(audio, audio_rate)
+        except BaseException:
+            self._container.close()
+            raise
 
     def _set_up_audio(self, audio: np.ndarray, audio_rate: int | None) -> None:
         if not audio_rate:
@@ -276,18 +312,17 @@ class VideoWriter:
         layout = "mono" if self._audio.shape[0] == 1 else "stereo"
         self._audio_stream = self._container.add_stream("aac", rate=self._audio_rate, layout=layout)
 
-    def write(self, frame: np.ndarray) -> None:
-        """Append one RGB ``uint8`` frame of the size given at construction."""
-        if frame.shape[:2] != (self.size[1], self.size[0]):
-            raise VideoError(f"Frame is {frame.shape[1]}x{frame.shape[0]}, writer expects {self.size[0]}x{self.size[1]}")
-        video_frame = av.VideoFrame.from_ndarray(_pad_to_even(to_rgb(frame)), format="rgb24")
-        video_frame.pts = self.frames_written
+    def encode(self, pixels: np.ndarray) -> None:
+        """Append one contiguous RGB ``uint8`` frame of the stream's (even) size, and the audio up to its end."""
+        # Wrapping the array (no copy under the GIL); encode() converts it to yuv420p before x264 sees it.
+        video_frame = av.VideoFrame.from_numpy_buffer(pixels, format="rgb24")
+        video_frame.pts = self._frames
         video_frame.time_base = 1 / self.frame_rate
         for packet in self._video.encode(video_frame):
             self._container.mux(packet)
-        self.frames_written += 1
+        self._frames += 1
         if self._audio_stream is not None:
-            self._send_audio(self._samples_for(self.frames_written))
+            self._send_audio(self._samples_for(self._frames))
 
     def _samples_for(self, num_frames: int) -> int:
         return round(num_frames / self.frame_rate * self._audio_rate)
@@ -308,17 +343,144 @@ class VideoWriter:
                 self._container.mux(packet)
             self._audio_samples_sent += count
 
-    def close(self) -> Path:
-        """Flush the encoders and move the finished file to its final name."""
-        if self.frames_written == 0:
-            self.abort()
-            raise VideoError(f"No frames were written to {self.path}.")
+    def finish(self) -> None:
+        """Flush the encoders and close the file (complete, with the ``faststart`` index)."""
         for packet in self._video.encode(None):
             self._container.mux(packet)
         if self._audio_stream is not None:
             for packet in self._audio_stream.encode(None):
                 self._container.mux(packet)
         self._container.close()
+
+    def close(self) -> None:
+        """Close the container without flushing (after an error or an abort); errors are ignored."""
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError):
+            pass
+
+
+def _frame_for_encoder(frame: np.ndarray) -> np.ndarray:
+    """The frame as even-sized RGB pixels that share no memory with ``frame`` (the caller may reuse it)."""
+    pixels = _pad_to_even(to_rgb(frame))
+    return pixels.copy() if np.may_share_memory(pixels, frame) else pixels
+
+
+_END_OF_FRAMES = None  # queued after the last frame
+
+
+class VideoWriter:
+    """Writes an H.264 + AAC MP4 atomically, encoding on a worker thread.
+
+    Frames go to ``.<name>.partial.mp4`` beside the target (or in
+    ``partial_dir``, e.g. an application's temp folder); :meth:`close` muxes the
+    rest of the audio and moves the file to its name. Leaving the ``with`` block
+    by an exception (or calling :meth:`abort`) deletes the partial file, so
+    nothing half-written ever appears under the final name. Odd frame sizes are
+    padded by one edge pixel (H.264 4:2:0 needs even sizes).
+
+    :meth:`write` copies the frame into a queue of at most ``queue_frames``
+    frames (blocking while it is full) and returns; an encoder thread, the
+    only thread that touches the PyAV container, encodes them, so encoding
+    overlaps whatever produces the next frames. An encoder error is raised as
+    :class:`VideoError` by the next :meth:`write` or by :meth:`close`, which
+    then deletes the partial file instead of renaming it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: float | Fraction,
+        audio: np.ndarray | None = None,
+        audio_rate: int | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+        partial_dir: str | os.PathLike | None = None,
+        queue_frames: int = 4,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(partial_dir) if partial_dir is not None else self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self.partial_path = folder / f".{self.path.stem}.{os.getpid()}.partial.mp4"
+        self.size = (width, height)
+        self.frame_rate = Fraction(fps).limit_denominator(100000)
+        self.frames_written = 0
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(1, queue_frames))
+        self._error: Exception | None = None
+        self._aborting = threading.Event()
+        self._stopped = False
+        opened: Future[None] = Future()
+        self._encoder = threading.Thread(target=self._run_encoder, name="musetalk-encode", daemon=True,
+                                         args=(opened, audio, audio_rate, crf, preset))
+        self._encoder.start()
+        opened.result()  # raises what opening the file raised
+
+    def _run_encoder(self, opened: Future, audio: np.ndarray | None, audio_rate: int | None, crf: int,
+                     preset: str) -> None:
+        """Encoder thread: open the file, encode queued frames until the end marker, then flush and close.
+
+        After an error or an abort, queued frames are still taken (and dropped) so :meth:`write` never blocks.
+        """
+        try:
+            encoder = _Mp4Encoder(self.partial_path, even_size(*self.size), self.frame_rate, audio, audio_rate,
+                                  crf, preset)
+        except BaseException as error:
+            self.partial_path.unlink(missing_ok=True)
+            opened.set_exception(error)
+            return
+        opened.set_result(None)
+        while (pixels := self._queue.get()) is not _END_OF_FRAMES:
+            if self._error is None and not self._aborting.is_set():
+                try:
+                    encoder.encode(pixels)
+                except Exception as error:
+                    self._error = error
+        if self._error is None and not self._aborting.is_set():
+            try:
+                encoder.finish()
+            except Exception as error:
+                self._error = error
+        encoder.close()  # a no-op after finish()
+
+    def _raise_encoder_error(self) -> None:
+        if self._error is not None:
+            raise VideoError(f"Encoding {self.path} failed: {self._error}") from self._error
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one RGB ``uint8`` frame of the size given at construction (a copy; the caller may reuse ``frame``)."""
+        if self._stopped:
+            raise VideoError(f"{self.path}: the writer is closed.")
+        if frame.shape[:2] != (self.size[1], self.size[0]):
+            raise VideoError(f"Frame is {frame.shape[1]}x{frame.shape[0]}, writer expects {self.size[0]}x{self.size[1]}")
+        if frame.dtype != np.uint8:
+            raise VideoError(f"Frames must be uint8, got {frame.dtype}")
+        self._raise_encoder_error()
+        self._queue.put(_frame_for_encoder(frame))
+        self.frames_written += 1
+
+    def _stop_encoder(self) -> None:
+        """Send the end marker and wait until the encoder thread has closed the container."""
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(_END_OF_FRAMES)
+            self._encoder.join()
+
+    def close(self) -> Path:
+        """Encode the queued frames, flush, and move the finished file to its name.
+
+        An encoder error is raised here (as :class:`VideoError`) after the
+        partial file is deleted; the final name is then never created.
+        """
+        if self.frames_written == 0:
+            self.abort()
+            raise VideoError(f"No frames were written to {self.path}.")
+        self._stop_encoder()
+        if self._error is not None:
+            self.partial_path.unlink(missing_ok=True)
+            self._raise_encoder_error()
         try:
             os.replace(self.partial_path, self.path)
         except OSError:  # another file system: copy next to the target first, then rename atomically
@@ -328,11 +490,9 @@ class VideoWriter:
         return self.path
 
     def abort(self) -> None:
-        """Stop writing and delete the partial file."""
-        try:
-            self._container.close()
-        except (av.FFmpegError, OSError):
-            pass
+        """Stop writing (queued frames are dropped) and delete the partial file."""
+        self._aborting.set()
+        self._stop_encoder()
         self.partial_path.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:

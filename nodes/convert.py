@@ -76,13 +76,13 @@ def pad_to_even(frame: np.ndarray) -> np.ndarray:
 
 
 def frames_to_image(frames: Iterable[np.ndarray], count: int, even: bool = False) -> torch.Tensor:
-    """Collect uint8 RGB frames into a ComfyUI ``IMAGE`` (float32 ``[N, H, W, 3]`` in 0..1)."""
+    """Collect uint8 RGB frames (possibly read-only) into a ComfyUI ``IMAGE`` (float32 ``[N, H, W, 3]`` in 0..1)."""
     image = None
     for index, frame in enumerate(frames):
         frame = pad_to_even(frame) if even else frame
         if image is None:
             image = torch.empty((count, *frame.shape), dtype=torch.float32)
-        image[index] = torch.from_numpy(frame).float() / 255.0
+        image[index] = torch.from_numpy(frame.astype(np.float32)) / 255.0
     if image is None:
         raise ValueError("No frames were produced.")
     return image
