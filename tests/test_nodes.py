@@ -163,6 +163,36 @@ def test_blend_mouth_builds_images_only_when_they_are_used(workspace, loaded, me
     assert images is None and len(list(stream)) == frames == 19
 
 
+def test_face_detector_is_managed_and_kept_between_runs(workspace, random_face_alignment, monkeypatch):
+    import os
+    from importlib import import_module
+
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_face_alignment))
+    nodes_avatar = import_module(PACK.__name__ + ".nodes.avatar")
+    runtime = import_module(PACK.__name__ + ".nodes.runtime")
+    detection = import_module(PACK.__name__ + ".musetalk_lib.face_detection")
+    monkeypatch.setattr(nodes_avatar, "_detectors", {})
+    built, readied = [], []
+    create, ready = detection.create_detector, runtime.ManagedModel.ready
+    monkeypatch.setattr(detection, "create_detector", lambda *args: built.append(args) or create(*args))
+    monkeypatch.setattr(runtime.ManagedModel, "ready", lambda self: readied.append(self.kind) or ready(self))
+    for _ in range(2):
+        value, *_ = avatar("face_still.png", face_backend="face-alignment")
+        assert not value.track.has_face.any()  # the random S3FD finds nothing
+    assert len(built) == 1 and built[0][0] == "face-alignment" and built[0][2] == runtime.offload_device()
+    assert readied == ["face-alignment", "face-alignment"]  # moved to the compute device before each detection
+    _, managed = nodes_avatar._detectors["face-alignment"]
+    assert isinstance(managed, runtime.ManagedModel) and isinstance(managed.module, detection.FaceAlignmentDetector)
+
+    weights = random_face_alignment / "face_alignment" / "s3fd-619a316812.pth"
+    stat = weights.stat()
+    try:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+        assert nodes_avatar.face_detector("face-alignment") is not managed.module and len(built) == 2
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_dub_node_returns_matching_frames_and_audio(workspace, loaded, media):
     with av.open(str(media / "talking_closeup.mp4")) as container:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
