@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -34,7 +35,9 @@ __all__ = [
     "FaceAlignmentDetector",
     "FaceDetector",
     "create_detector",
+    "detector_weights",
     "dlib_model_path",
+    "preserved_cudnn_benchmark",
     "torch_hub_checkpoints",
 ]
 
@@ -53,34 +56,63 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-class FaceAlignmentDetector:
+@contextmanager
+def preserved_cudnn_benchmark() -> Iterator[None]:
+    """Restore ``torch.backends.cudnn.benchmark`` on exit (usable as a decorator).
+
+    face-alignment's ``batch_detect`` switches the flag on for the whole process
+    whenever it runs on CUDA; every call into the package goes through this.
+    """
+    saved = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def _load_weights(net: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    try:
+        net.load_state_dict(load_state_dict(path))
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not hold the expected {type(net).__name__} weights: {error}") from error
+    return net
+
+
+class FaceAlignmentDetector(torch.nn.Module):
     """S3FD boxes + 2D-FAN landmarks, batched, built from the face-alignment package's networks.
 
     Detection runs on frames scaled so their longer side is at most
     ``detection_size`` pixels (the boxes are mapped back); landmarks are
-    predicted on crops of the full-resolution frame.
+    predicted on crops of the full-resolution frame, all crops of a call in one
+    FAN pass of at most ``landmark_batch_size`` crops at a time.
+
+    A :class:`torch.nn.Module` holding both networks: :meth:`to` moves them, and
+    :attr:`device` is wherever their parameters are (so a model manager may
+    move it between calls).
     """
 
     def __init__(self, detector_weights: str | os.PathLike, landmark_weights: str | os.PathLike,
-                 device: str | torch.device = "cpu", detection_size: int = 640, score_threshold: float = 0.5):
+                 device: str | torch.device = "cpu", detection_size: int = 640, score_threshold: float = 0.5,
+                 landmark_batch_size: int = 32):
         from face_alignment.detection.sfd.net_s3fd import s3fd
         from face_alignment.models import FAN
 
-        self.device = torch.device(device)
+        super().__init__()
         self.detection_size = detection_size
         self.score_threshold = score_threshold
-        self.detector = self._load(s3fd(), detector_weights)
-        self.landmark_net = self._load(FAN(4), landmark_weights)
+        self.landmark_batch_size = landmark_batch_size
+        self.detector = _load_weights(s3fd(), detector_weights)
+        self.landmark_net = _load_weights(FAN(4), landmark_weights)
         self.identity = f"face-alignment;{detection_size};{path_identity(detector_weights)};{path_identity(landmark_weights)}"
+        self.to(device).eval()
 
-    def _load(self, net: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-        try:
-            net.load_state_dict(load_state_dict(path))
-        except RuntimeError as error:
-            raise ValueError(f"{path} does not hold the expected {type(net).__name__} weights: {error}") from error
-        return net.to(self.device).eval()
+    @property
+    def device(self) -> torch.device:
+        """The device the networks' parameters are on."""
+        return next(self.parameters()).device
 
     @torch.inference_mode()
+    @preserved_cudnn_benchmark()
     def boxes(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """S3FD detections per frame: ``[K, 5]`` arrays of ``x1, y1, x2, y2, score`` in frame pixels."""
         from face_alignment.detection.sfd.bbox import nms
@@ -102,36 +134,55 @@ class FaceAlignmentDetector:
         return results
 
     @torch.inference_mode()
-    def landmarks(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
-        """68 landmarks ``[68, 2]`` for each box in one frame (the package's crop and heatmap decoding)."""
+    @preserved_cudnn_benchmark()
+    def landmarks_batch(self, frames: Sequence[np.ndarray],
+                        boxes_per_frame: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """68 landmarks ``[68, 2]`` for each box (``x1, y1, x2, y2[, score]`` rows) of each frame.
+
+        The crops of every face of every frame go through the FAN together (in
+        chunks of ``landmark_batch_size``), and the heatmaps come back to the
+        host in one copy; they are decoded with the package's crop geometry and
+        ``get_preds_fromhm``, one face at a time (its decoder takes one centre
+        and scale per call). On the CPU the landmarks equal those of per-frame
+        :meth:`landmarks` calls.
+        """
         from face_alignment.utils import CENTER_Y_OFFSET, REFERENCE_SCALE, crop, get_preds_fromhm
 
-        if len(boxes) == 0:
-            return []
-        centres, scales, crops = [], [], []
-        for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64)[:, :4]:
-            centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 - (y2 - y1) * CENTER_Y_OFFSET])
-            scale = (x2 - x1 + y2 - y1) / REFERENCE_SCALE
-            centres.append(centre)
-            scales.append(scale)
-            crops.append(crop(frame, centre, scale).transpose(2, 0, 1).astype(np.float32) / 255.0)
-        heatmaps = self.landmark_net(torch.from_numpy(np.stack(crops)).to(self.device))
-        if isinstance(heatmaps, list):
-            heatmaps = heatmaps[-1]
-        heatmaps = heatmaps.float().cpu().numpy()
-        points = []
-        for index, (centre, scale) in enumerate(zip(centres, scales)):
-            _, in_frame, _ = get_preds_fromhm(heatmaps[index:index + 1], centre, scale)
-            points.append(in_frame.reshape(68, 2).astype(np.float64))
-        return points
+        placements: list[tuple[np.ndarray, float]] = []
+        crops: list[np.ndarray] = []
+        counts: list[int] = []
+        for frame, boxes in zip(frames, boxes_per_frame, strict=True):
+            counts.append(len(boxes))
+            if len(boxes) == 0:
+                continue
+            for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64)[:, :4]:
+                centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 - (y2 - y1) * CENTER_Y_OFFSET])
+                scale = (x2 - x1 + y2 - y1) / REFERENCE_SCALE
+                placements.append((centre, scale))
+                crops.append(crop(frame, centre, scale))
+        if not crops:
+            return [[] for _ in counts]
+        pixels = np.stack(crops).transpose(0, 3, 1, 2)  # uint8 [N, 3, 256, 256] view
+        heatmaps = torch.cat([
+            self.landmark_net(torch.from_numpy(pixels[start:start + self.landmark_batch_size]
+                                               .astype(np.float32, order="C") / 255.0).to(self.device))[-1]
+            for start in range(0, len(pixels), self.landmark_batch_size)
+        ]).float().cpu().numpy()
+        points = [get_preds_fromhm(heatmaps[index:index + 1], centre, scale)[1].reshape(68, 2).astype(np.float64)
+                  for index, (centre, scale) in enumerate(placements)]
+        ends = np.cumsum(counts)
+        return [points[end - count:end] for count, end in zip(counts, ends)]
+
+    def landmarks(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        """68 landmarks ``[68, 2]`` for each box in one frame (see :meth:`landmarks_batch`)."""
+        return self.landmarks_batch([frame], [boxes])[0]
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
-        result = []
-        for frame, boxes in zip(frames, self.boxes(frames)):
-            landmarks = self.landmarks(frame, boxes)
-            result.append([Face(tuple(float(v) for v in box[:4]), points, float(box[4]))
-                           for box, points in zip(boxes, landmarks)])
-        return result
+        """All faces in each RGB ``uint8`` frame: S3FD on the batch, then one FAN pass over all its faces."""
+        boxes = self.boxes(frames)
+        return [[Face(tuple(float(v) for v in box[:4]), points, float(box[4]))
+                 for box, points in zip(frame_boxes, frame_points)]
+                for frame_boxes, frame_points in zip(boxes, self.landmarks_batch(frames, boxes))]
 
 
 def dlib_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
@@ -173,16 +224,28 @@ class DlibDetector:
         return result
 
 
+def detector_weights(backend: str, models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The weight files ``backend`` loads from ``models_dir`` (none for dlib, whose model ships in a package).
+
+    Raises:
+        MissingWeightsError: a face-alignment weight file is in neither ``models_dir`` nor torch hub's folder.
+        ValueError: unknown backend.
+    """
+    if backend == "face-alignment":
+        root = Path(models_dir) if models_dir is not None else Path("models")
+        return locate(root, ["face-alignment"], fallback_dirs=[torch_hub_checkpoints()],
+                      hint="Without them, use the offline dlib backend or precomputed landmarks.")
+    if backend == "dlib":
+        return []
+    raise ValueError(f"Unknown face backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+
+
 def create_detector(backend: str = "face-alignment", models_dir: str | os.PathLike | None = None,
                     device: str | torch.device = "cpu") -> FaceDetector:
-    """Build a detection backend by name (see :data:`BACKENDS`)."""
-    if backend == "face-alignment":
-        if importlib.util.find_spec("face_alignment") is None:
-            raise ImportError("The face-alignment backend needs the face-alignment package: pip install face-alignment")
-        root = Path(models_dir) if models_dir is not None else Path("models")
-        detector, landmarks = locate(root, ["face-alignment"], fallback_dirs=[torch_hub_checkpoints()],
-                                     hint="Without them, use the offline dlib backend or precomputed landmarks.")
-        return FaceAlignmentDetector(detector, landmarks, device=device)
+    """Build a detection backend by name (see :data:`BACKENDS`); it loads :func:`detector_weights`."""
+    if backend == "face-alignment" and importlib.util.find_spec("face_alignment") is None:
+        raise ImportError("The face-alignment backend needs the face-alignment package: pip install face-alignment")
+    weights = detector_weights(backend, models_dir)
     if backend == "dlib":
         return DlibDetector()
-    raise ValueError(f"Unknown face backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    return FaceAlignmentDetector(*weights, device=device)

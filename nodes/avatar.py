@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
-from .runtime import Progress, input_directory, models_root, torch_device
+from .runtime import ManagedModel, Progress, input_directory, models_root, offload_device
+
+if TYPE_CHECKING:  # the library's detection module imports torch; nodes import it only when they run
+    from ..musetalk_lib.face_detection import FaceDetector
 
 CATEGORY = "MuseTalk"
 LANDMARKS_FILE = "landmarks file"
 MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif",
                   ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 PREVIEW_FRAMES = 4
+
+# backend -> (identity of its weight files, detector): kept between runs, rebuilt when the files change
+_detectors: dict[str, tuple[tuple[str, ...], FaceDetector | ManagedModel]] = {}
+
 
 def source_inputs() -> dict:
     """The file widget (with ComfyUI's upload button) and the frame rate used for IMAGE batches and stills."""
@@ -73,10 +81,35 @@ def open_frames(images, file: str, fps: float):
     return open_source(resolve_input(file), fps)
 
 
+def face_detector(backend: str) -> FaceDetector:
+    """The detection backend ready to run, built once per backend and weight files and kept between runs.
+
+    Networks (face-alignment's S3FD and FAN) are created on the offload device
+    and held by a :class:`ManagedModel`, so ComfyUI's model management moves
+    them to the compute device here (right before detection) and may offload
+    them afterwards.
+    """
+    import torch
+
+    from ..musetalk_lib.face_detection import create_detector, detector_weights
+    from ..musetalk_lib.weights import path_identity
+
+    root = models_root("face_alignment")
+    weights = detector_weights(backend, root)
+    identity = tuple(path_identity(path) for path in weights)
+    cached = _detectors.get(backend)
+    if cached is None or cached[0] != identity:
+        detector = create_detector(backend, root, offload_device())
+        if isinstance(detector, torch.nn.Module):
+            detector = ManagedModel(detector, backend, ";".join(str(path) for path in weights))
+        cached = _detectors[backend] = (identity, detector)
+    detector = cached[1]
+    return detector.ready() if isinstance(detector, ManagedModel) else detector
+
+
 def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress):
     """Detect (or read) the faces of every source frame and derive the crop track."""
     from ..musetalk_lib.avatar import build_track, detect_faces
-    from ..musetalk_lib.face_detection import create_detector
     from ..musetalk_lib.faces import load_landmarks_json
 
     if face_backend == LANDMARKS_FILE:
@@ -86,8 +119,7 @@ def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_
         if len(faces) != source.num_frames:
             raise ValueError(f"{landmarks_file} covers {len(faces)} frames but the source has {source.num_frames}.")
     else:
-        root = models_root("face_alignment")
-        faces = detect_faces(source, create_detector(face_backend, root, torch_device()), batch_size, progress)
+        faces = detect_faces(source, face_detector(face_backend), batch_size, progress)
     return build_track(faces, source.width, source.height, settings)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 if TYPE_CHECKING:  # the library's model modules are imported only when a node runs
     from ..musetalk_lib.avatar import AvatarSettings, FaceLatents, FaceTrack
     from ..musetalk_lib.frame_source import FrameSource
-    from ..musetalk_lib.pipeline import OutputPlan
+    from ..musetalk_lib.pipeline import FrameStream, OutputPlan
 
 
 @dataclass
@@ -86,3 +86,25 @@ def frames_to_image(frames: Iterable[np.ndarray], count: int, even: bool = False
     if image is None:
         raise ValueError("No frames were produced.")
     return image
+
+
+def image_frames(image: torch.Tensor, width: int, height: int) -> Iterator[np.ndarray]:
+    """The frames of an ``IMAGE`` as uint8 RGB ``[height, width, 3]`` arrays, cut back to ``width`` x ``height``.
+
+    Exact inverse of :func:`frames_to_image` (its padding included).
+    """
+    for frame in image:
+        yield (frame[:height, :width, :3] * 255).round().byte().numpy()
+
+
+def image_and_stream(stream: FrameStream, build_image: bool, even: bool) -> tuple[torch.Tensor | None, FrameStream]:
+    """The ``IMAGE`` output (when ``build_image``) and the ``MUSETALK_FRAMES`` output of generated frames.
+
+    Building the ``IMAGE`` runs ``stream`` once; the returned stream then
+    replays the ``IMAGE``'s frames (:func:`image_frames`) instead of decoding
+    and blending again. Without the ``IMAGE``, ``stream`` is returned as is.
+    """
+    if not build_image:
+        return None, stream
+    image = frames_to_image(stream, stream.num_frames, even=even)
+    return image, replace(stream, produce=lambda: image_frames(image, stream.width, stream.height))

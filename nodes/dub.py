@@ -63,7 +63,7 @@ class MuseTalkDub:
         from ..musetalk_lib.audio_io import WHISPER_SAMPLE_RATE, to_whisper_input
         from ..musetalk_lib.avatar import BlendMasks, encode_faces
         from ..musetalk_lib.pipeline import FrameStream, OutputPlan, decode_and_blend, predict_all
-        from .convert import audio_samples, audio_value, frames_to_image
+        from .convert import audio_samples, audio_value, image_and_stream
 
         progress = Progress(unique_id)
         source = open_frames(images, file, fps)
@@ -89,7 +89,7 @@ class MuseTalkDub:
         stream = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
                              lambda: decode_and_blend(source, masks, plan, predicted, vae.ready(), blend, batch_size,
                                                       progress))
-        images_out = frames_to_image(stream, plan.num_frames, even=True) if output_is_linked(prompt, unique_id, 0) else None
+        images_out, stream = image_and_stream(stream, output_is_linked(prompt, unique_id, 0), even=True)
         duration = plan.num_frames / rate
         speech_out = samples[:, :round(duration * sample_rate)]
         if unet.random_weights or vae.random_weights or whisper.random_weights:

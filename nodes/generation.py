@@ -155,7 +155,7 @@ class MuseTalkBlendMouth:
 
         from ..musetalk_lib.avatar import BlendMasks
         from ..musetalk_lib.pipeline import FrameStream, decode_and_blend
-        from .convert import frames_to_image
+        from .convert import image_and_stream
 
         prediction = predicted_latents
         avatar = prediction.avatar
@@ -172,9 +172,7 @@ class MuseTalkBlendMouth:
 
         stream = FrameStream(prediction.plan.num_frames, avatar.source.width, avatar.source.height,
                              avatar.source.frame_rate, produce)
-        images = None
-        if output_is_linked(prompt, unique_id, 0):
-            images = frames_to_image(stream, stream.num_frames, even=pad_to_even)
+        images, stream = image_and_stream(stream, output_is_linked(prompt, unique_id, 0), even=pad_to_even)
         if prediction.random_weights:
             logger.warning("MuseTalk: generated with RANDOM weights; the mouth is not lip-synced.")
         return (images, stream, avatar.fps)

@@ -18,6 +18,26 @@ def random_models(tmp_path_factory) -> Path:
     """A models folder with tiny RANDOM weights in the official layout."""
     return write_random_weights(tmp_path_factory.mktemp("models"), size="tiny", seed=0)
 
+
+@pytest.fixture(scope="session")
+def random_face_alignment(tmp_path_factory) -> Path:
+    """A models folder with RANDOM S3FD and FAN weights in ``face_alignment/`` (S3FD detects nothing)."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    folder = tmp_path_factory.mktemp("models") / "face_alignment"
+    folder.mkdir()
+    torch.manual_seed(0)
+    detector = s3fd()
+    with torch.no_grad():  # make "face" scores negligible so nothing is detected
+        for name, parameter in detector.named_parameters():
+            if "mbox_conf" in name and name.endswith("bias"):
+                parameter[:] = torch.tensor([20.0, -20.0]).repeat(len(parameter) // 2)[: len(parameter)]
+    torch.save(detector.state_dict(), folder / "s3fd-619a316812.pth")
+    torch.save(FAN(4).state_dict(), folder / "2DFAN4-11f355bf06.pth.tar")
+    return folder.parent
+
+
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
 

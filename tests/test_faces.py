@@ -76,25 +76,6 @@ def test_dlib_backend_matches_the_reference_landmarks(media):
         assert np.abs(detected[0].landmarks - expected[0].landmarks).max() <= 1
 
 
-@pytest.fixture(scope="module")
-def random_face_alignment(tmp_path_factory):
-    """Random S3FD and FAN weights in the layout the backend expects (detections are meaningless)."""
-    from face_alignment.detection.sfd.net_s3fd import s3fd
-    from face_alignment.models import FAN
-
-    folder = tmp_path_factory.mktemp("models") / "face_alignment"
-    folder.mkdir()
-    torch.manual_seed(0)
-    detector = s3fd()
-    with torch.no_grad():  # make "face" scores negligible so nothing is detected
-        for name, parameter in detector.named_parameters():
-            if "mbox_conf" in name and name.endswith("bias"):
-                parameter[:] = torch.tensor([20.0, -20.0]).repeat(len(parameter) // 2)[: len(parameter)]
-    torch.save(detector.state_dict(), folder / "s3fd-619a316812.pth")
-    torch.save(FAN(4).state_dict(), folder / "2DFAN4-11f355bf06.pth.tar")
-    return folder.parent
-
-
 def test_face_alignment_backend_loads_local_weights(random_face_alignment, media):
     detector = create_detector("face-alignment", random_face_alignment)
     assert isinstance(detector, FaceAlignmentDetector)
@@ -103,6 +84,63 @@ def test_face_alignment_backend_loads_local_weights(random_face_alignment, media
     assert detector.detect([frame]) == [[]]
     points = detector.landmarks(frame, np.array([[77.0, 57.0, 262.0, 242.0, 0.9]]))
     assert points[0].shape == (68, 2)
+
+
+def test_face_alignment_batches_landmarks_without_changing_them(random_face_alignment, media, monkeypatch):
+    """One FAN pass (in chunks) over every face of a batch gives the per-frame landmarks exactly."""
+    clips = {"talking_closeup": [0], "two_faces": [13, 16]}  # 1 | 2, 3 faces: FAN chunks of 4 + 2
+    frames, boxes = [], []
+    for clip, indices in clips.items():
+        with VideoReader(media / f"{clip}.mp4") as reader:
+            frames += reader.frames(indices)
+        reference = load_landmarks_json(media / "landmarks" / f"{clip}.json")
+        boxes += [np.array([(*face.box, face.score) for face in reference[i]]) for i in indices]
+    frames.append(frames[0])
+    boxes.append(np.zeros((0, 5)))  # a frame without faces keeps its place
+    folder = random_face_alignment / "face_alignment"
+    detector = FaceAlignmentDetector(folder / "s3fd-619a316812.pth", folder / "2DFAN4-11f355bf06.pth.tar",
+                                     landmark_batch_size=4)
+    per_frame = [detector.landmarks(frame, frame_boxes) for frame, frame_boxes in zip(frames, boxes)]
+    monkeypatch.setattr(detector, "boxes", lambda _: boxes)
+    detected = detector.detect(frames)
+    assert [len(faces) for faces in detected] == [1, 2, 3, 0]
+    for faces, expected_points, frame_boxes in zip(detected, per_frame, boxes):
+        for face, points, box in zip(faces, expected_points, frame_boxes):
+            assert np.array_equal(face.landmarks, points) and face.landmarks.shape == (68, 2)
+            assert face.box == tuple(box[:4]) and face.score == box[4]
+
+
+def test_face_alignment_restores_cudnn_benchmark(random_face_alignment, media, monkeypatch):
+    from face_alignment.detection.sfd import detect as sfd_detect
+
+    class CudaLookingCpu(str):
+        """``"cpu"`` that passes the package's ``'cuda' in device`` test."""
+
+        def __contains__(self, item):
+            return item == "cuda" or super().__contains__(item)
+
+    package_batch_detect = sfd_detect.batch_detect
+    flags_inside = []
+
+    def batch_detect(net, batch, device):
+        result = package_batch_detect(net, batch, CudaLookingCpu(device))
+        flags_inside.append(torch.backends.cudnn.benchmark)
+        return result
+
+    monkeypatch.setattr(sfd_detect, "batch_detect", batch_detect)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    detector = create_detector("face-alignment", random_face_alignment)
+    with VideoReader(media / "talking_closeup.mp4") as reader:
+        frame = reader.frames([0])[0]
+    assert detector.boxes([frame])[0].shape == (0, 5)
+    assert flags_inside == [True] and torch.backends.cudnn.benchmark is False
+
+
+def test_face_alignment_device_follows_its_networks(random_face_alignment):
+    detector = create_detector("face-alignment", random_face_alignment)
+    assert detector.device == torch.device("cpu")
+    assert detector.to("meta") is detector and detector.device == torch.device("meta")
+    assert all(p.device.type == "meta" for p in [*detector.detector.parameters(), *detector.landmark_net.parameters()])
 
 
 def test_face_alignment_backend_never_downloads(tmp_path, monkeypatch):

@@ -163,6 +163,87 @@ def test_blend_mouth_builds_images_only_when_they_are_used(workspace, loaded, me
     assert images is None and len(list(stream)) == frames == 19
 
 
+@pytest.fixture
+def decode_calls(monkeypatch):
+    """Rows of every ``FaceVAE.decode`` call, one entry per call."""
+    from importlib import import_module
+
+    vae = import_module(PACK.__name__ + ".musetalk_lib.vae").FaceVAE
+    decode, calls = vae.decode, []
+    monkeypatch.setattr(vae, "decode", lambda self, latents: calls.append(len(latents)) or decode(self, latents))
+    return calls
+
+
+def test_blend_mouth_decodes_once_for_both_outputs(workspace, loaded, media, decode_calls):
+    avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
+    features, frames = node("MuseTalkWhisperAudioFeatures").encode(
+        loaded["whisper"], audio_value(media / "speech_short.wav"), 25.0, 2, 2, True)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
+    predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
+    blend = node("MuseTalkBlendMouth").blend
+    only_frames = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
+    _, stream, _ = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 4, True, unique_id="5", prompt=only_frames)
+    streamed = list(stream)
+    assert decode_calls == [4, 4, 4, 4, 3]
+    decode_calls.clear()
+    images, stream, _ = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 4, True)  # both outputs linked
+    replayed = list(stream)
+    assert decode_calls == [4, 4, 4, 4, 3] and len(replayed) == frames == 19
+    assert all(np.array_equal(a, b) for a, b in zip(replayed, streamed))
+    assert np.array_equal(np.stack(replayed), (images * 255).round().byte().numpy())
+
+
+def test_dub_node_decodes_once_for_both_outputs(workspace, loaded, media, decode_calls):
+    images, _, _, stream = node("MuseTalkDub").dub(
+        loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), "face_still.png",
+        25.0, mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
+        landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    assert decode_calls == [8, 8, 3]
+    frames = list(stream)
+    assert decode_calls == [8, 8, 3] and len(frames) == len(images) == 19
+    assert np.array_equal(np.stack(frames), (images * 255).round().byte().numpy())
+
+
+def test_image_frames_invert_frames_to_image():
+    from importlib import import_module
+
+    convert = import_module(PACK.__name__ + ".nodes.convert")
+    frames = np.arange(3 * 5 * 7 * 3).reshape(3, 5, 7, 3).astype(np.uint8)  # odd size, every value 0..255 twice
+    image = convert.frames_to_image(frames, 3, even=True)
+    assert image.shape == (3, 6, 8, 3)
+    assert np.array_equal(np.stack(list(convert.image_frames(image, 7, 5))), frames)
+
+
+def test_face_detector_is_managed_and_kept_between_runs(workspace, random_face_alignment, monkeypatch):
+    import os
+    from importlib import import_module
+
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_face_alignment))
+    nodes_avatar = import_module(PACK.__name__ + ".nodes.avatar")
+    runtime = import_module(PACK.__name__ + ".nodes.runtime")
+    detection = import_module(PACK.__name__ + ".musetalk_lib.face_detection")
+    monkeypatch.setattr(nodes_avatar, "_detectors", {})
+    built, readied = [], []
+    create, ready = detection.create_detector, runtime.ManagedModel.ready
+    monkeypatch.setattr(detection, "create_detector", lambda *args: built.append(args) or create(*args))
+    monkeypatch.setattr(runtime.ManagedModel, "ready", lambda self: readied.append(self.kind) or ready(self))
+    for _ in range(2):
+        value, *_ = avatar("face_still.png", face_backend="face-alignment")
+        assert not value.track.has_face.any()  # the random S3FD finds nothing
+    assert len(built) == 1 and built[0][0] == "face-alignment" and built[0][2] == runtime.offload_device()
+    assert readied == ["face-alignment", "face-alignment"]  # moved to the compute device before each detection
+    _, managed = nodes_avatar._detectors["face-alignment"]
+    assert isinstance(managed, runtime.ManagedModel) and isinstance(managed.module, detection.FaceAlignmentDetector)
+
+    weights = random_face_alignment / "face_alignment" / "s3fd-619a316812.pth"
+    stat = weights.stat()
+    try:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+        assert nodes_avatar.face_detector("face-alignment") is not managed.module and len(built) == 2
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_dub_node_returns_matching_frames_and_audio(workspace, loaded, media):
     with av.open(str(media / "talking_closeup.mp4")) as container:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
