@@ -65,7 +65,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--version", choices=["v15", "v1"], default="v15", help="MuseTalk version (default: %(default)s)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
     group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                       help="model precision; auto = fp16 on CUDA, fp32 elsewhere")
+                       help="model precision; auto = fp16 on CUDA (fp32 fallback where fp16 overflows), "
+                            "bf16 on CPUs with AMX, fp32 elsewhere")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet and the VAE decoder (slow first batch; falls back with a "
+                            "warning where compiling is not possible)")
     group.add_argument("--batch-size", type=int, default=8, help="frames per model batch (default: %(default)s)")
 
 
@@ -119,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "loop it, or stop at its end (default: %(default)s)")
     generation.add_argument("--blend", choices=["normal", "realtime"], default="normal",
                             help="blend edge softness: normal (5%% blur) or realtime (10%%)")
+    generation.add_argument("--decode", choices=["full", "partial"], default="full",
+                            help="full: decode the whole face (official, default); partial: only the rows the "
+                                 "blend shows (faster, slightly different pixels: see README)")
     generation.add_argument("--official-fps", action="store_true",
                             help="truncate fractional frame rates like the official code (29.97 -> 29); "
                                  "drifts out of sync, only for parity checks")
@@ -174,14 +181,14 @@ def _load_models(args):
                                  face_parsing=args.mask != "landmarks")
     if models.files.random_weights:
         print(f"WARNING: {args.models_dir} holds RANDOM weights: the result will not be lip-synced.", file=sys.stderr)
-    return models
+    return models.compile() if args.compile else models
 
 
 def _run_dub(args, progress: _Progress) -> None:
     from .pipeline import DubOptions, dub
 
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
-                         exact_fps=not args.official_fps)
+                         exact_fps=not args.official_fps, decode=args.decode)
     report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),
                  options=options, cache_root=args.cache_dir, landmarks_path=args.landmarks,
                  face_backend=args.face_backend, face_models_dir=args.models_dir, still_fps=args.fps,

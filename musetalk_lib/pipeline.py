@@ -6,9 +6,13 @@ are pasted into the decoded source frames, and the frames go straight to the
 encoder. Memory therefore stays bounded whatever the length. Blending runs on
 a worker thread while the models work on the next batch.
 
-By default the decoder skips the upper latent rows, which the paste never
-shows (``decode="partial"``; ``"full"`` decodes the whole face as the official
-code does).
+With ``decode="partial"`` the decoder skips the upper latent rows, which the
+paste never shows (faster, but the decoder's GroupNorm statistics then cover
+less of the face, which shifts the output slightly: see README); the default
+``"full"`` decodes the whole face as the official code does. With the models on a GPU the generated faces stay there: the
+frames are uploaded once (through a pinned buffer) and pasted on the device
+(:mod:`~musetalk_lib.device_blend`), so the only copies per batch are the
+source frames in and the finished frames out.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder,
 from .audio_io import load_audio, to_whisper_input
 from .avatar import Avatar, AvatarSettings, Progress, prepare_avatar
 from .blending import paste_face
-from .devices import resolve_device, resolve_dtype
+from .device_blend import paste_faces
+from .devices import compile_with_fallback, resolve_device, resolve_dtype
 from .face_detection import create_detector
 from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
@@ -45,6 +50,7 @@ from .weights import ModelFiles, find_model_files
 
 __all__ = [
     "DubOptions",
+    "DevicePaste",
     "DubReport",
     "FrameStream",
     "MuseTalkModels",
@@ -119,6 +125,12 @@ class MuseTalkModels:
             files=files,
         )
 
+    def compile(self) -> MuseTalkModels:
+        """``torch.compile`` the UNet and the VAE decoder (the per-frame work); falls back cleanly where it cannot."""
+        compile_with_fallback(self.unet.unet, "The UNet")
+        compile_with_fallback(self.vae.vae.decoder, "The VAE decoder")
+        return self
+
 
 @dataclass(frozen=True)
 class DubOptions:
@@ -130,7 +142,8 @@ class DubOptions:
     context_left: int = DEFAULT_CONTEXT
     context_right: int = DEFAULT_CONTEXT
     exact_fps: bool = True  # False reproduces the official int(fps) truncation (drifts on 29.97 fps)
-    decode: str = "partial"  # "full" decodes the whole face (official); "partial" only the rows the paste shows
+    decode: str = "full"  # "full" decodes the whole face (official); "partial" only the rows the paste shows
+    paste_on_device: bool | None = None  # paste where the VAE runs; None: when that is not the CPU
 
     def __post_init__(self):
         if self.length_policy not in LENGTH_POLICIES:
@@ -204,11 +217,14 @@ def predict_all(unet: MuseTalkUNet, faces: LatentSource, audio: AudioFeatures, p
 
 
 def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPlan, output_indices: np.ndarray,
-                 faces: np.ndarray, variant: str = "normal") -> list[np.ndarray]:
+                 faces: np.ndarray | torch.Tensor, variant: str = "normal",
+                 device_paste: DevicePaste | None = None) -> list[np.ndarray]:
     """The source ``frames`` of ``output_indices`` with the generated ``faces`` (one per face row) pasted in.
 
     ``frames`` (``source.frames(plan.source_indices[output_indices])``) may be
-    read-only: pasting makes new arrays, frames without a face are returned as given.
+    read-only: pasting makes new arrays, frames without a face are returned as
+    given. With ``device_paste`` the faces are a tensor on its device and the
+    paste runs there.
     """
     source_indices = plan.source_indices[output_indices]
     face_rows = plan.face_rows(output_indices)
@@ -216,9 +232,41 @@ def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPl
         return frames
     with_face = [int(source_indices[row]) for row in face_rows]
     areas = regions.blend_regions(with_face, [frames[row] for row in face_rows], variant)
-    for row, face, (box, square, alpha) in zip(face_rows, faces, areas):
-        frames[row] = paste_face(frames[row], face, box, square, alpha)
+    if device_paste is not None:
+        pasted = device_paste([frames[row] for row in face_rows], faces, areas)
+    else:
+        pasted = [paste_face(frames[row], face, *area) for row, face, area in zip(face_rows, faces, areas)]
+    for row, frame in zip(face_rows, pasted):
+        frames[row] = frame
     return frames
+
+
+class DevicePaste:
+    """Pastes faces into frames on the faces' device: one upload of the frames, one copy of the results back.
+
+    On CUDA the upload goes through a pinned host buffer kept between
+    batches, so it is asynchronous; the copy back is the one synchronisation.
+    """
+
+    def __init__(self):
+        self._pinned: torch.Tensor | None = None
+
+    def _upload(self, frames: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+        shape = (len(frames), *frames[0].shape)
+        if device.type != "cuda":
+            return torch.from_numpy(np.stack(frames)).to(device)
+        if self._pinned is None or self._pinned.shape[0] < shape[0] or self._pinned.shape[1:] != shape[1:]:
+            self._pinned = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        staging = self._pinned[:len(frames)]
+        np.stack(frames, out=staging.numpy())
+        return staging.to(device, non_blocking=True)
+
+    def __call__(self, frames: Sequence[np.ndarray], faces: torch.Tensor,
+                 areas: Sequence[tuple[tuple, tuple, np.ndarray]]) -> list[np.ndarray]:
+        batch = self._upload(frames, faces.device)
+        boxes, squares, alphas = zip(*areas)
+        paste_faces(batch, faces, boxes, squares, alphas)
+        return list(batch.cpu().numpy())
 
 
 def _batches(total: int, batch_size: int):
@@ -228,12 +276,15 @@ def _batches(total: int, batch_size: int):
 
 def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
               predict: Callable[[np.ndarray], torch.Tensor], vae: FaceVAE, variant: str, batch_size: int,
-              decode: str, progress: Progress | None) -> Iterator[np.ndarray]:
+              decode: str, progress: Progress | None, paste_on_device: bool | None) -> Iterator[np.ndarray]:
     """The one generation loop: per batch, ``predict(output_indices)`` -> decode -> paste (on a worker thread).
 
     Source frames are decoded ahead on another worker thread; results are
     yielded in order while the next batch is computed.
     """
+    if paste_on_device is None:
+        paste_on_device = vae.device.type != "cpu"
+    device_paste = DevicePaste() if paste_on_device else None
     empty = np.zeros((0, 256, 256, 3), np.uint8)
     batches = list(_batches(plan.num_frames, batch_size))
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="musetalk-blend") as blender,
@@ -244,8 +295,10 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
             if len(rows):
                 shown = plan.source_indices[output_indices[rows]]
                 from_row = regions.first_pasted_row(shown, variant) if decode == "partial" else 0
-                faces = vae.decode(predict(output_indices), from_row)
-            return blender.submit(blend_frames, next(source_frames), regions, plan, output_indices, faces, variant)
+                decode_faces = vae.decode_on_device if paste_on_device else vae.decode
+                faces = decode_faces(predict(output_indices), from_row)
+            return blender.submit(blend_frames, next(source_frames), regions, plan, output_indices, faces, variant,
+                                  device_paste)
 
         pending: deque = deque()
         for output_indices in batches:
@@ -260,14 +313,15 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
 
 def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPlan, predicted: torch.Tensor,
                      vae: FaceVAE, variant: str = "normal", batch_size: int = 8,
-                     progress: Progress | None = None, decode: str = "partial") -> Iterator[np.ndarray]:
+                     progress: Progress | None = None, decode: str = "full",
+                     paste_on_device: bool | None = None) -> Iterator[np.ndarray]:
     """Yield the output frames from precomputed UNet predictions (one row per output frame with a face)."""
     first_row = np.concatenate([[0], np.cumsum(plan.has_face)])
 
     def predict(output_indices: np.ndarray) -> torch.Tensor:
         return predicted[first_row[output_indices[0]]:first_row[output_indices[-1] + 1]]
 
-    yield from _generate(source, regions, plan, predict, vae, variant, batch_size, decode, progress)
+    yield from _generate(source, regions, plan, predict, vae, variant, batch_size, decode, progress, paste_on_device)
 
 
 def lip_sync_frames(
@@ -290,7 +344,7 @@ def lip_sync_frames(
         return predict_faces(unet, avatar, audio, plan, output_indices)
 
     yield from _generate(source, avatar, plan, predict, vae, options.blend_variant, options.batch_size,
-                         options.decode, progress)
+                         options.decode, progress, options.paste_on_device)
 
 
 @dataclass

@@ -11,7 +11,8 @@ from torch import nn
 
 from musetalk_lib import devices
 from musetalk_lib.audio_features import load_whisper
-from musetalk_lib.devices import resolve_dtype, run_with_fp16_fallback
+from musetalk_lib.devices import compile_with_fallback, resolve_dtype, run_with_fp16_fallback
+from musetalk_lib.face_detection import create_detector
 from musetalk_lib.face_parsing import load_face_parser
 from musetalk_lib.unet import load_unet
 from musetalk_lib.vae import load_vae
@@ -51,6 +52,15 @@ def test_every_tensor_of_a_model_moves_with_it(files, name):
     assert model.device == META
 
 
+def test_face_detector_networks_move_with_it(random_face_alignment):
+    detector = create_detector("face-alignment", random_face_alignment).to(META)
+    assert tensors_left_behind(detector, META) == []
+    assert detector.device == META
+    heatmaps = detector.landmark_net(torch.zeros(2, 3, 256, 256, device=META))
+    assert (heatmaps[-1] if isinstance(heatmaps, list) else heatmaps).device == META
+    assert detector.detector(torch.zeros(1, 3, 64, 64, device=META))[0].device == META
+
+
 def test_models_run_on_another_device(files):
     models = {name: model.to(META) for name, model in model_wrappers(files).items()}
     predicted = models["unet"](torch.randn(2, 8, 32, 32), torch.randn(2, 50, 384))  # inputs on the CPU, as given
@@ -85,17 +95,17 @@ def test_models_accept_pipeline_inputs_in_reduced_precision(files, dtype):
     ("mps", True, torch.float32),
 ])
 def test_auto_dtype_follows_the_hardware(monkeypatch, device, bf16, expected):
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: bf16)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: bf16)
     assert resolve_dtype("auto", torch.device(device)) == expected
     assert resolve_dtype("fp32", torch.device(device)) == torch.float32
 
 
-def test_cpu_bf16_probe_reads_pytorch_capabilities(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+def test_cpu_bf16_probe_wants_amx(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert devices.cpu_has_native_bf16()
+    assert devices.cpu_has_fast_bf16()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not devices.cpu_has_native_bf16()
+    assert not devices.cpu_has_fast_bf16()
 
 
 def test_fp16_overflow_falls_back_to_fp32(caplog):
@@ -130,3 +140,25 @@ def test_parser_labels_are_the_argmax_of_its_logits_in_chunks(files):
     images = list(np.random.default_rng(3).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8))
     expected = parser.logits(images).argmax(dim=1).to(torch.uint8).numpy()
     assert np.array_equal(parser.labels(images), expected)
+
+
+def test_compile_falls_back_to_the_plain_module(monkeypatch, caplog):
+    def broken_compile(function):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    module = nn.Linear(3, 2)
+    expected = module(torch.ones(1, 3))
+    compile_with_fallback(module, "Test net")
+    assert torch.equal(module(torch.ones(1, 3)), expected)
+    assert torch.equal(module(torch.ones(1, 3)), expected)
+    assert caplog.text.count("could not be compiled (RuntimeError: no C++ compiler found)") == 1
+
+
+def test_compiled_module_gives_the_same_result(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda function: function)  # the contract, without a compiler run
+    module = nn.Linear(3, 2)
+    expected = module(torch.ones(1, 3))
+    assert torch.equal(compile_with_fallback(module, "Test net")(torch.ones(1, 3)), expected)
