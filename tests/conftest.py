@@ -62,3 +62,26 @@ def repository_root(monkeypatch) -> Path:
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     return root
+
+
+GOLDEN_DIFFERENCES: list = []  # (case id, golden_harness.Difference) recorded by test_golden.py in fp16/bf16
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.when == "call":
+        GOLDEN_DIFFERENCES.extend(row for name, rows in report.user_properties if name == "golden_differences"
+                                  for row in rows)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After a golden run in fp16/bf16, print the differences the cases recorded (identical arrays left out)."""
+    if not GOLDEN_DIFFERENCES:
+        return
+    from golden_harness import differences_table, golden_device, golden_dtype
+
+    differing = [(case, difference) for case, difference in GOLDEN_DIFFERENCES if difference.max_abs != 0]
+    terminalreporter.write_sep("=", f"golden differences on {golden_device()} in {golden_dtype()} "
+                                    "(reported, not asserted)")
+    terminalreporter.write_line(differences_table(differing))
+    if len(differing) < len(GOLDEN_DIFFERENCES):
+        terminalreporter.write_line(f"{len(GOLDEN_DIFFERENCES) - len(differing)} more arrays equal the expected ones.")

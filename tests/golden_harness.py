@@ -4,11 +4,17 @@ Each case kind has a runner that returns our value for every array named in
 the case's tolerance table; ``compare`` applies the case's rules. Models are
 found in ``<golden>/models`` by what they contain, not by their names, so any
 folder in the same format works.
+
+The networks run on ``$MUSETALK_TEST_DEVICE`` (default ``cpu``) in
+``$MUSETALK_TEST_DTYPE`` (``fp32``, the default, ``fp16`` or ``bf16``):
+models and inputs go there, results come back to the CPU as float32 or
+integer arrays before they are compared.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -28,12 +34,27 @@ from musetalk_lib.blending import (
     resize_mask_to_square,
 )
 from musetalk_lib.crop import crop_face, face_box_from_landmarks, official_face_box, resize_face_to_box
+from musetalk_lib.devices import DTYPES
 from musetalk_lib.face_parsing import FaceParser, load_face_parser
 from musetalk_lib.unet import MuseTalkUNet, load_unet
 from musetalk_lib.vae import FaceVAE, load_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_SUFFIXES = (".pth", ".bin", ".pt", ".safetensors")
+
+
+def golden_device() -> torch.device:
+    """``$MUSETALK_TEST_DEVICE`` (default ``cpu``): where the golden networks run."""
+    return torch.device(os.environ.get("MUSETALK_TEST_DEVICE") or "cpu")
+
+
+def golden_dtype() -> str:
+    """``$MUSETALK_TEST_DTYPE`` (default ``fp32``): the golden networks' precision, one of ``DTYPES``."""
+    name = os.environ.get("MUSETALK_TEST_DTYPE") or "fp32"
+    if name not in DTYPES:
+        raise ValueError(f"MUSETALK_TEST_DTYPE={name!r}; choose one of {', '.join(DTYPES)}")
+    return name
+
 
 
 def golden_dir() -> Path:
@@ -54,9 +75,11 @@ def flip_channels(image: np.ndarray) -> np.ndarray:
 
 @dataclass
 class GoldenModels:
-    """The random models shipped in ``<golden>/models``, found by content and loaded once."""
+    """The random models shipped in ``<golden>/models``, found by content and loaded once on ``device`` in ``dtype``."""
 
     folder: Path
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
 
     def _directories(self) -> list[Path]:
         return sorted(path for path in self.folder.rglob("*") if path.is_dir()) + [self.folder]
@@ -71,7 +94,7 @@ class GoldenModels:
     def unet(self) -> MuseTalkUNet:
         directory = self._find_dir("musetalk.json")
         weights = next(p for p in sorted(directory.iterdir()) if p.suffix in WEIGHT_SUFFIXES)
-        return load_unet(directory / "musetalk.json", weights)
+        return load_unet(directory / "musetalk.json", weights, self.device, self.dtype)
 
     @cached_property
     def vae(self) -> FaceVAE:
@@ -79,11 +102,11 @@ class GoldenModels:
             config = json.loads((directory / "config.json").read_text())
             return config.get("_class_name") == "AutoencoderKL"
 
-        return load_vae(self._find_dir("config.json", is_vae))
+        return load_vae(self._find_dir("config.json", is_vae), self.device, self.dtype)
 
     @cached_property
     def whisper(self) -> WhisperAudioEncoder:
-        return load_whisper(self._find_dir("preprocessor_config.json"))
+        return load_whisper(self._find_dir("preprocessor_config.json"), self.device, self.dtype)
 
     @cached_property
     def face_parser(self) -> FaceParser:
@@ -95,12 +118,12 @@ class GoldenModels:
         ]
         if not candidates:
             raise FileNotFoundError(f"No face-parsing weights under {self.folder}")
-        return load_face_parser(candidates[0])
+        return load_face_parser(candidates[0], self.device, self.dtype)
 
 
 @cache
-def models_for(folder: Path) -> GoldenModels:
-    return GoldenModels(folder / "models")
+def models_for(folder: Path, device: torch.device, dtype: str) -> GoldenModels:
+    return GoldenModels(folder / "models", device, DTYPES[dtype])
 
 
 def run_audio_chunks(case: dict, inputs: dict, expected, models: GoldenModels) -> dict:
@@ -124,7 +147,7 @@ def run_audio_chunks(case: dict, inputs: dict, expected, models: GoldenModels) -
         "wav16k": audio,
         "input_features": models.whisper.log_mel(
             [audio[start:start + 480000] for start in range(0, audio.shape[0], 480000)]
-        ).numpy(),
+        ).cpu().numpy(),
     }
     if "feature_indices" in expected:
         feature_indices = np.asarray(expected["feature_indices"], dtype=np.int64)
@@ -153,7 +176,7 @@ def run_vae_encode(case: dict, inputs: dict, expected, models: GoldenModels) -> 
     if case["params"].get("posterior", "mode") != "mode":
         raise ValueError(f"Unsupported posterior {case['params']['posterior']!r}")
     latents = models.vae.encode_masked_and_reference(flip_channels(inputs["crops_bgr"]))
-    return {"latents": latents.numpy()}
+    return {"latents": latents.float().cpu().numpy()}
 
 
 def run_unet(case: dict, inputs: dict, expected, models: GoldenModels) -> dict:
@@ -162,7 +185,7 @@ def run_unet(case: dict, inputs: dict, expected, models: GoldenModels) -> dict:
         raise ValueError(f"Unsupported UNet parameters {params}: inference runs at timestep 0 with the encoding")
     latents = torch.from_numpy(inputs["latents"])
     chunks = torch.from_numpy(inputs["whisper_chunks"])
-    return {"pred_latents": models.unet(latents, chunks).float().numpy()}
+    return {"pred_latents": models.unet(latents, chunks).float().cpu().numpy()}
 
 
 def run_vae_decode(case: dict, inputs: dict, expected, models: GoldenModels) -> dict:
@@ -176,7 +199,7 @@ def run_face_parsing(case: dict, inputs: dict, expected, models: GoldenModels) -
     parser = models.face_parser
 
     def network_outputs(resized: np.ndarray, suffix: str) -> dict:
-        logits = parser.logits_from_resized(resized[None])[0].numpy()
+        logits = parser.logits_from_resized(resized[None])[0].cpu().numpy()
         return {
             f"logits_strided{suffix}": logits[:, ::stride, ::stride],
             f"logits_window{suffix}": logits[:, y0:y0 + size, x0:x0 + size],
@@ -186,7 +209,7 @@ def run_face_parsing(case: dict, inputs: dict, expected, models: GoldenModels) -
     resized = parser.resize_for_parsing(inputs["image_rgb"])
     outputs = network_outputs(resized, "")
     outputs["resized_rgb"] = resized
-    outputs["input_tensor_strided"] = parser.normalize(resized[None])[0, :, ::stride, ::stride].numpy()
+    outputs["input_tensor_strided"] = parser.normalize(resized[None])[0, :, ::stride, ::stride].cpu().numpy()
     if any(key.endswith("@resized_rgb") for key in case["tolerance"]):
         outputs.update(network_outputs(np.asarray(expected["resized_rgb"]), "@resized_rgb"))
     labels = outputs["labels"]
@@ -270,16 +293,54 @@ def compare(name: str, got: np.ndarray, expected: np.ndarray, rule: dict) -> str
     return f"{name}: unknown tolerance rule {rule}"
 
 
-def run_case(folder: Path, case: dict) -> tuple[list[str], list[str]]:
-    """Run one case; returns (failures of required arrays, failures of diagnostic arrays)."""
+@dataclass
+class Difference:
+    """How far one produced array is from the expected one (NaN when the shapes differ)."""
+
+    array: str
+    max_abs: float
+    mean_abs: float
+    within_tolerance: bool
+
+
+def difference(name: str, got: np.ndarray, expected: np.ndarray, within_tolerance: bool) -> Difference:
+    """Largest and mean absolute difference of ``got`` from ``expected``, computed in float64."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        return Difference(name, math.nan, math.nan, within_tolerance)
+    delta = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    return Difference(name, float(delta.max(initial=0.0)), float(delta.mean()) if delta.size else 0.0,
+                      within_tolerance)
+
+
+def differences_table(rows: list[tuple[str, Difference]]) -> str:
+    """``(case id, difference)`` rows as a Markdown table: case, array, max and mean abs diff, within tolerance."""
+    lines = ["| case | array | max abs diff | mean abs diff | within tolerance |", "|---|---|---:|---:|---|"]
+    lines += [f"| {case} | {d.array} | {d.max_abs:.3g} | {d.mean_abs:.3g} | {'yes' if d.within_tolerance else 'no'} |"
+              for case, d in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class CaseResult:
+    """Failures of required and of diagnostic arrays, and the difference of every compared array."""
+
+    required_failures: list[str]
+    diagnostic_failures: list[str]
+    differences: list[Difference]
+
+
+def run_case(folder: Path, case: dict) -> CaseResult:
+    """Run one case on :func:`golden_device` in :func:`golden_dtype` and compare it with the case's rules."""
     kind = case.get("kind")
     if kind not in RUNNERS:
-        return [f"unknown case kind {kind!r}"], []
+        return CaseResult([f"unknown case kind {kind!r}"], [], [])
     expected_path = folder / case["expected"]
     with np.load(expected_path) as archive:
         expected = {key: archive[key] for key in archive.files}
-    outputs = RUNNERS[kind](case, load_inputs(folder, case), expected, models_for(folder))
-    required_failures, diagnostic_failures = [], []
+    models = models_for(folder, golden_device(), golden_dtype())
+    outputs = RUNNERS[kind](case, load_inputs(folder, case), expected, models)
+    required_failures, diagnostic_failures, differences = [], [], []
     for name, rule in case["tolerance"].items():
         required = rule.get("required", True)
         failures = required_failures if required else diagnostic_failures
@@ -294,4 +355,5 @@ def run_case(folder: Path, case: dict) -> tuple[list[str], list[str]]:
         problem = compare(name, outputs[name], expected[reference_name], rule)
         if problem:
             failures.append(problem)
-    return required_failures, diagnostic_failures
+        differences.append(difference(name, outputs[name], expected[reference_name], problem is None))
+    return CaseResult(required_failures, diagnostic_failures, differences)

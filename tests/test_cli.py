@@ -56,10 +56,43 @@ def test_avatar_prepare_and_info(random_models, media, tmp_path, capsys):
     assert info["num_frames"] == 1 and info["frames_with_face"] == 1 and info["mask_mode"] == "landmarks"
 
 
-def test_bench_prints_every_stage(tmp_path, capsys):
+BENCH_STAGES = {"audio features", "avatar preparation", "unet (batch 2)", "unet (batch 3)", "vae decode (batch 2)",
+                "vae decode (batch 3)", "blend", "encode", "end to end"}
+
+
+def test_bench_measures_chosen_and_reference_configurations(tmp_path, capsys):
     report = tmp_path / "bench.json"
     assert main(["-q", "bench", "--device", "cpu", "--seconds", "1", "--width", "160", "--height", "120",
-                 "--batch-size", "4", "--repeats", "1", "--json", str(report)]) == 0
-    stages = {row["stage"] for row in json.loads(report.read_text())["stages"]}
-    assert stages == {"audio features", "unet", "vae decode", "blend", "encode", "avatar preparation", "end to end"}
-    assert "| end to end |" in capsys.readouterr().out
+                 "--face-size", "48", "--batch-size", "2", "3", "--repeats", "1", "--dtype", "fp32",
+                 "--decode", "partial", "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["setup"]["batch_sizes"] == [2, 3] and data["setup"]["face_size"] == 48
+    for name, dtype, decode in (("chosen", "float32", "partial"), ("reference", "float32", "full")):
+        assert (data[name]["dtype"], data[name]["decode"]) == (dtype, decode)
+        assert {row["stage"] for row in data[name]["stages"]} == BENCH_STAGES
+        assert data[name]["memory_mb"]["peak RSS"] > 0
+        end_to_end = next(row for row in data[name]["stages"] if row["stage"] == "end to end")
+        assert end_to_end["frames"] == 25
+    fps = {name: {row["stage"]: row["fps"] for row in data[name]["stages"]} for name in ("chosen", "reference")}
+    assert data["ratios"]["fps"] == pytest.approx({stage: fps["chosen"][stage] / fps["reference"][stage]
+                                                   for stage in BENCH_STAGES})
+    assert set(data["ratios"]["memory"]) == {"peak RSS"}
+    out = capsys.readouterr().out
+    assert "| stage | reference fps | chosen fps | ratio |" in out
+    assert "| unet (batch 3) |" in out and "| end to end |" in out and "| peak RSS (MB) |" in out
+    assert "reference: float32, full decode; chosen: float32, partial decode" in out
+
+
+def test_bench_table_without_reference():
+    from musetalk_lib.bench import BenchReport, ConfigurationResult, Measurement
+
+    chosen = ConfigurationResult("chosen", "float16", "partial", [Measurement("unet (batch 8)", 16, 0.5)],
+                                 {"peak RSS": 1000.0, "peak CUDA allocated": 300.0})
+    lines = BenchReport({}, chosen).table().splitlines()
+    assert lines[2:5] == ["| unet (batch 8) | - | 32.0 | - |", "| peak RSS (MB) | - | 1000 | - |",
+                          "| peak CUDA allocated (MB) | - | 300 | - |"]
+    reference = ConfigurationResult("reference", "float32", "full", [Measurement("unet (batch 8)", 16, 2.0)],
+                                    {"peak RSS": 2000.0, "peak CUDA allocated": 600.0})
+    report = BenchReport({}, chosen, reference)
+    assert report.ratios() == {"fps": {"unet (batch 8)": 4.0}, "memory": {"peak RSS": 0.5, "peak CUDA allocated": 0.5}}
+    assert "| unet (batch 8) | 8.0 | 32.0 | 4.00 |" in report.table()

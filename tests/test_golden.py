@@ -1,4 +1,12 @@
-"""Official-parity golden cases: every case of ``$MUSETALK_GOLDEN_DIR/manifest.json`` must pass."""
+"""Official-parity golden cases: every case of ``$MUSETALK_GOLDEN_DIR/manifest.json`` must pass.
+
+The networks run on ``$MUSETALK_TEST_DEVICE`` in ``$MUSETALK_TEST_DTYPE``
+(defaults: cpu, fp32). In fp32 every case must be within its tolerance. In
+fp16 or bf16 the tolerances (chosen for fp32) do not apply: the differences
+are reported (a table at the end of the pytest run) and not asserted. A case
+within the fp32 tolerance anyway passes, one outside it is marked xfail, and
+a case that raises still fails.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from golden_harness import golden_dir, load_manifest, run_case
+from golden_harness import golden_dir, golden_dtype, load_manifest, run_case
 
 GOLDEN = golden_dir()
 
@@ -25,15 +33,22 @@ def test_manifest_is_readable():
 
 
 def test_unknown_case_kind_fails():
-    required_failures, _ = run_case(GOLDEN, {"id": "x", "kind": "not-a-kind", "tolerance": {}})
-    assert required_failures == ["unknown case kind 'not-a-kind'"]
+    result = run_case(GOLDEN, {"id": "x", "kind": "not-a-kind", "tolerance": {}})
+    assert result.required_failures == ["unknown case kind 'not-a-kind'"]
 
 
 @pytest.mark.parametrize("case", _cases())
-def test_golden_case(case):
+def test_golden_case(case, record_property):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    required_failures, diagnostic_failures = run_case(GOLDEN, case)
-    for failure in diagnostic_failures:
+    result = run_case(GOLDEN, case)
+    dtype = golden_dtype()
+    if dtype != "fp32":
+        record_property("golden_differences", [(case["id"], difference) for difference in result.differences])
+        if result.required_failures:
+            pytest.xfail(f"{dtype}: outside the fp32 tolerance (reported, not asserted): "
+                         + "; ".join(result.required_failures))
+        return
+    for failure in result.diagnostic_failures:
         warnings.warn(f"{case['id']} (diagnostic only): {failure}", stacklevel=1)
-    assert not required_failures, f"{case['id']} ({case.get('kind')}):\n" + "\n".join(required_failures)
+    assert not result.required_failures, f"{case['id']} ({case.get('kind')}):\n" + "\n".join(result.required_failures)
