@@ -401,8 +401,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", choices=["v15", "v1"], default="v15")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                        help="precision of the chosen configuration; auto = fp16 on CUDA, bf16 on CPUs with native "
-                             "bf16, fp32 elsewhere (default: %(default)s)")
+                        help="precision of the chosen configuration; auto = fp16 on CUDA, bf16 on CPUs with AMX, "
+                             "fp32 elsewhere (default: %(default)s)")
     parser.add_argument("--decode", choices=DECODE_MODES, default="full",
                         help="decoder of the chosen configuration: partial skips the face rows the paste never "
                              "shows, full decodes them all (default: %(default)s)")
