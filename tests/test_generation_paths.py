@@ -40,12 +40,15 @@ def test_partial_decode_changes_only_the_pasted_region_and_little(tiny_models, s
     partial = generate(tiny_models, scene, decode="partial", blend_variant=variant)
     avatar = scene[1]
     difference = np.abs(full.astype(int) - partial.astype(int))
+    inside = []
     for frame in range(len(full)):
         rows, columns = pasted_region(avatar, frame % avatar.num_frames)
-        outside = difference[frame].copy()
-        outside[rows, columns] = 0
-        assert outside.max() == 0
-    assert difference.mean() < 0.5  # the README states the measured bound on full-size models
+        inside.append(difference[frame][rows, columns].flatten())
+        difference[frame][rows, columns] = 0
+        assert difference[frame].max() == 0
+    # The stated bound for this tiny random model (measured: 1.52 normal, 1.02 realtime grey levels in the pasted
+    # squares); README gives the full-size figures.
+    assert np.concatenate(inside).mean() < 2.0
 
 
 def test_device_paste_equals_the_cpu_paste(tiny_models, scene):

@@ -170,7 +170,7 @@ def decode_calls(monkeypatch):
 
     vae = import_module(PACK.__name__ + ".musetalk_lib.vae").FaceVAE
     decode, calls = vae.decode, []
-    monkeypatch.setattr(vae, "decode", lambda self, latents: calls.append(len(latents)) or decode(self, latents))
+    monkeypatch.setattr(vae, "decode", lambda self, latents, *args: calls.append(len(latents)) or decode(self, latents, *args))
     return calls
 
 
