@@ -139,3 +139,20 @@ def test_face_parser_loads_a_legacy_format_file(tmp_path, files):
 def test_face_parser_rejects_other_weights(files):
     with pytest.raises(ValueError, match="not a BiSeNet"):
         load_face_parser(files.unet_weights)
+
+
+def test_vae_runs_a_cpu_batch_in_bounded_passes(files, monkeypatch):
+    import musetalk_lib.vae as vae_module
+
+    vae = load_vae(files.vae_dir)
+    faces = np.random.default_rng(5).integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+    passes = []
+    encode, decode = vae.vae.encode, vae.vae.decode
+    monkeypatch.setattr(vae.vae, "encode", lambda x: passes.append(len(x)) or encode(x))
+    monkeypatch.setattr(vae.vae, "decode", lambda z, return_dict: passes.append(len(z)) or decode(z, return_dict=False))
+    random_latents = torch.randn(5, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    latents, images = vae.encode_masked_and_reference(faces), vae.decode(random_latents)
+    assert passes == [4, 4, 2, 4, 1]  # masked + reference of 2 faces per encoder pass, 4 latents per decoder pass
+    monkeypatch.setattr(vae_module, "CPU_IMAGES_PER_PASS", 64)
+    assert torch.allclose(vae.encode_masked_and_reference(faces), latents, atol=1e-5)
+    assert np.abs(vae.decode(random_latents).astype(int) - images).max() <= 1
