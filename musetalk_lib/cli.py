@@ -185,8 +185,9 @@ def _load_models(args):
 
 
 def _run_dub(args, progress: _Progress) -> None:
-    from .pipeline import DubOptions, dub
+    from .pipeline import DubOptions, dub, refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(args.output, args.source, args.audio, args.landmarks)  # before loading the models
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
                          exact_fps=not args.official_fps, decode=args.decode)
     report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),

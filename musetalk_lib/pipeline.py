@@ -63,6 +63,7 @@ __all__ = [
     "output_frame_count",
     "predict_all",
     "predict_faces",
+    "refuse_overwriting_inputs",
     "source_frame_indices",
 ]
 
@@ -377,6 +378,16 @@ class DubReport:
         return self.frames / float(self.frame_rate)
 
 
+def refuse_overwriting_inputs(output_path: str | os.PathLike, *input_paths: str | os.PathLike | None) -> None:
+    """Raise ``ValueError`` if ``output_path`` is one of the inputs (or a folder), before any work is done."""
+    output = Path(output_path)
+    if output.is_dir():
+        raise ValueError(f"The output {output} is a folder; give a file name such as {output / 'dubbed.mp4'}.")
+    for input_path in input_paths:
+        if input_path is not None and output.exists() and output.resolve() == Path(input_path).resolve():
+            raise ValueError(f"The output {output} is also an input; choose another output name (nothing was written).")
+
+
 def dub(
     source_path: str | os.PathLike,
     audio_path: str | os.PathLike,
@@ -400,6 +411,7 @@ def dub(
     (``options.length_policy`` decides how the source is extended) and carries
     the speech. It is written under a temporary name and renamed when done.
     """
+    refuse_overwriting_inputs(output_path, source_path, audio_path, landmarks_path)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     source = open_source(source_path, still_fps)

@@ -267,3 +267,15 @@ def test_existing_output_is_replaced_only_when_complete(tiny_models, media, tmp_
         dub(tmp_path / "clip.mp4", tmp_path / "clip.mp4", output, tiny_models, cache_root=tmp_path / "avatars",
             settings=FAST, landmarks_path=media / "landmarks" / "talking_closeup.json")
     assert output.read_bytes() == b"previous result"
+
+
+def test_output_onto_an_input_is_refused_before_any_work(tiny_models, media, tmp_path):
+    speech = tmp_path / "speech.wav"
+    shutil.copy(media / "speech_short.wav", speech)
+    before = speech.read_bytes()
+    with pytest.raises(ValueError, match="also an input"):
+        dub(media / "talking_closeup.mp4", speech, speech, tiny_models, cache_root=tmp_path / "avatars",
+            landmarks_path=media / "landmarks" / "talking_closeup.json", settings=FAST)
+    with pytest.raises(ValueError, match="is a folder"):
+        dub(media / "talking_closeup.mp4", speech, tmp_path, tiny_models, cache_root=tmp_path / "avatars")
+    assert speech.read_bytes() == before and not (tmp_path / "avatars").exists()
