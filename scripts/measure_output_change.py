@@ -20,7 +20,7 @@ import torch
 
 from musetalk_lib import vae as vae_module
 from musetalk_lib.avatar import AvatarSettings, build_track
-from musetalk_lib.blending import blend_alpha, expanded_square, landmark_mask, paste_face
+from musetalk_lib.blending import blend_alpha, expanded_square, first_pasted_face_row, landmark_mask, paste_face
 from musetalk_lib.crop import crop_face
 from musetalk_lib.faces import load_landmarks_json
 from musetalk_lib.frame_source import open_source
@@ -75,9 +75,7 @@ def main() -> None:
         unet = load_unet(files.unet_config, files.unet_weights, dtype=dtypes[dtype_name])
         return vae, unet(vae.encode_masked_and_reference(crops), audio)
 
-    first_row = min(first for first in (
-        __import__("musetalk_lib.blending", fromlist=["x"]).first_pasted_face_row(
-            track.box(i), expanded_square(track.box(i))) for i in indices))
+    first_row = min(first_pasted_face_row(track.box(i), expanded_square(track.box(i))) for i in indices)
     rows = [("fp32", "full", 0)] + [("fp32", f"partial (halo {h})", h) for h in args.halos]
     for name in args.dtypes:
         rows += [(name, "full", 0)] + [(name, f"partial (halo {h})", h) for h in args.halos]
