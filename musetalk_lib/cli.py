@@ -70,6 +70,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet and the VAE decoder (slow first batch; falls back with a "
                             "warning where compiling is not possible)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic GPU kernels (cuDNN/cuBLAS), a little slower; CPU runs are "
+                            "reproducible without it")
     group.add_argument("--batch-size", type=int, default=8, help="frames per model batch (default: %(default)s)")
 
 
@@ -175,7 +178,11 @@ def _avatar_settings(args):
 
 
 def _load_models(args):
+    from .devices import use_deterministic_algorithms
     from .pipeline import MuseTalkModels
+
+    if args.deterministic:
+        use_deterministic_algorithms()
 
     models = MuseTalkModels.load(args.models_dir, args.version, args.device, args.dtype,
                                  face_parsing=args.mask != "landmarks")

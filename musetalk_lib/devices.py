@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
+
+
+def use_deterministic_algorithms() -> None:
+    """Make this process pick deterministic torch kernels (the ``--deterministic`` switch).
+
+    CPU runs are already reproducible for a given machine and dtype; on CUDA
+    this turns off cuDNN's timing-based algorithm choice, asks for its
+    deterministic algorithms and fixes cuBLAS's workspace (which must happen
+    before the first CUDA matmul). Ops without a deterministic version warn
+    instead of failing, so a dub never stops because of this switch.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def cpu_has_fast_bf16() -> bool:

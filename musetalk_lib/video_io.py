@@ -22,6 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -277,6 +278,21 @@ def _pad_to_even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
+_BT601_MATRIX = 6  # AVCOL_SPC_SMPTE170M
+_LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
+
+
+def _to_i420(pixels: np.ndarray) -> np.ndarray:
+    """Even-sized RGB pixels as planar YUV 4:2:0 (BT.601, limited range), ``[H * 3 / 2, W]``.
+
+    OpenCV does this conversion instead of FFmpeg's swscale: for widths that
+    are not a multiple of its SIMD step, swscale reads past the end of each
+    row, so its output, and with it the encoded file, depended on whatever
+    bytes lay there and differed between runs.
+    """
+    return cv2.cvtColor(pixels, cv2.COLOR_RGB2YUV_I420)
+
+
 class _Mp4Encoder:
     """The PyAV half of :class:`VideoWriter`: H.264 (yuv420p) + AAC into one MP4 container.
 
@@ -293,6 +309,9 @@ class _Mp4Encoder:
             self._video.width, self._video.height = size
             self._video.pix_fmt = "yuv420p"
             self._video.options = {"crf": str(crf), "preset": preset}
+            # The frames are converted with BT.601 limited-range coefficients (_to_i420): say so in the stream.
+            self._video.codec_context.colorspace = _BT601_MATRIX
+            self._video.codec_context.color_range = _LIMITED_RANGE
             self._audio_stream = None
             self._audio_samples_sent = 0
             if audio is not None:
@@ -313,9 +332,9 @@ class _Mp4Encoder:
         self._audio_stream = self._container.add_stream("aac", rate=self._audio_rate, layout=layout)
 
     def encode(self, pixels: np.ndarray) -> None:
-        """Append one contiguous RGB ``uint8`` frame of the stream's (even) size, and the audio up to its end."""
-        # Wrapping the array (no copy under the GIL); encode() converts it to yuv420p before x264 sees it.
-        video_frame = av.VideoFrame.from_numpy_buffer(pixels, format="rgb24")
+        """Append one RGB ``uint8`` frame of the stream's (even) size, and the audio up to its end."""
+        video_frame = av.VideoFrame.from_ndarray(_to_i420(pixels), format="yuv420p")
+        video_frame.colorspace, video_frame.color_range = _BT601_MATRIX, _LIMITED_RANGE
         video_frame.pts = self._frames
         video_frame.time_base = 1 / self.frame_rate
         for packet in self._video.encode(video_frame):

@@ -1,10 +1,18 @@
-"""The musetalk command line: the happy path, errors, weights tools, avatar tools and the benchmark."""
+"""The musetalk command line: the happy path, errors, reproducibility, weights and avatar tools, the benchmark."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import av
+import numpy as np
 import pytest
+import torch
 
 from musetalk_lib.cli import main
+from musetalk_lib.devices import use_deterministic_algorithms
 
 
 def test_help_is_available(capsys):
@@ -96,3 +104,38 @@ def test_bench_table_without_reference():
     report = BenchReport({}, chosen, reference)
     assert report.ratios() == {"fps": {"unet (batch 8)": 4.0}, "memory": {"peak RSS": 0.5, "peak CUDA allocated": 0.5}}
     assert "| unet (batch 8) | 8.0 | 32.0 | 4.00 |" in report.table()
+
+
+def _decoded_frames(path):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_a_dub_run_twice_in_separate_processes_gives_identical_frames_and_files(random_models, media, tmp_path):
+    """Reproducible output: the second process reuses the avatar cache the first one built."""
+    outputs = [tmp_path / "first.mp4", tmp_path / "second.mp4"]
+    for output in outputs:
+        subprocess.run([sys.executable, "-m", "musetalk_lib.cli", "-q", "dub", str(media / "talking_closeup.mp4"),
+                        str(media / "speech_short.wav"), "-o", str(output), "--models-dir", str(random_models),
+                        "--landmarks", str(media / "landmarks" / "talking_closeup.json"),
+                        "--cache-dir", str(tmp_path / "avatars"), "--device", "cpu", "--dtype", "fp32"],
+                       check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True)
+    first, second = (_decoded_frames(output) for output in outputs)
+    assert len(first) == len(second) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()  # no timestamps in the container either
+
+
+def test_deterministic_switch_sets_the_torch_flags(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.backends.cudnn.benchmark = True
+        use_deterministic_algorithms()
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

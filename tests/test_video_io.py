@@ -2,6 +2,8 @@
 
 import dataclasses
 import threading
+from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -11,7 +13,7 @@ from musetalk_lib.frame_cache import DEFAULT_CACHE_BYTES, FrameCache
 from musetalk_lib.frame_source import VideoFileSource
 from musetalk_lib.pipeline import source_frame_indices
 from musetalk_lib.read_ahead import ReadAhead
-from musetalk_lib.video_io import VideoError, VideoReader, VideoWriter
+from musetalk_lib.video_io import VideoError, VideoReader, VideoWriter, _Mp4Encoder
 
 CLOSEUP_FRAMES = 45
 FRAME_BYTES = 350 * 350 * 3
@@ -183,6 +185,38 @@ def test_threaded_writer_writes_every_frame_and_copies_reused_buffers(tmp_path):
     means = [float(frame.mean()) for frame in frames]
     assert np.allclose(means, levels, atol=3)
     assert leftovers(tmp_path) == ["out.mp4"]
+
+
+def test_encoding_is_byte_identical_whatever_lies_in_memory(tmp_path):
+    """Regression: FFmpeg's RGB->YUV conversion of 350-pixel rows read bytes it never wrote, so files differed."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 350, dtype=np.float32)
+    frames = [np.clip(ramp[None, :, None] + rng.normal(0, 20, (350, 350, 3)), 0, 255).astype(np.uint8)
+              for _ in range(6)]
+
+    def encode(junk_seed: int | None) -> bytes:
+        junk = np.random.default_rng(junk_seed)
+        path = tmp_path / f"{junk_seed}.mp4"
+        encoder = _Mp4Encoder(path, (350, 350), Fraction(15), None, None, crf=18, preset="medium")
+        for frame in frames:  # on this thread, so that the junk is in the encoder's heap
+            if junk_seed is not None:  # leave different bytes in freed memory before every frame
+                for _ in range(3):
+                    av.VideoFrame.from_ndarray(junk.integers(0, 256, (350, 350, 3), dtype=np.uint8), format="rgb24")
+            encoder.encode(frame)
+        encoder.finish()
+        return path.read_bytes()
+
+    first = encode(None)
+    assert all(encode(seed) == first for seed in range(1, 9))
+
+
+def test_the_stream_states_its_colour_matrix_and_range(tmp_path):
+    path = tmp_path / "tagged.mp4"
+    with VideoWriter(path, 64, 48, 15) as writer:
+        writer.write(np.full((48, 64, 3), 128, np.uint8))
+    with av.open(str(path)) as container:
+        codec = container.streams.video[0].codec_context
+        assert (int(codec.colorspace), int(codec.color_range)) == (6, 1)  # BT.601 (SMPTE 170M), limited range
 
 
 def test_writer_with_audio_and_odd_size(tmp_path):
