@@ -9,7 +9,8 @@ import soundfile
 import torch
 
 from musetalk_lib.audio_features import AudioFeatures, frame_window_index, load_whisper
-from musetalk_lib.audio_io import AudioError, load_audio, load_audio_16k, to_whisper_input
+from musetalk_lib.audio_io import AudioError, downmix_to_stereo, load_audio, load_audio_16k, to_whisper_input
+from musetalk_lib.video_io import VideoWriter
 
 
 def official_window_index(num_samples: int, fps: float, num_features: int, left: int = 2, right: int = 2):
@@ -163,3 +164,51 @@ def test_whisper_reduced_precision(random_models, whisper, dtype):
     reference = whisper(audio)
     assert reduced.dtype == torch.float32
     assert float((reduced - reference).norm() / reference.norm()) < 0.05
+
+
+def _five_one(tmp_path, centre: np.ndarray, name: str = "five_one.wav"):
+    """A 5.1 WAV (standard order FL FR FC LFE BL BR) with ``centre`` on FC and a loud hum on the LFE."""
+    channels = np.zeros((centre.size, 6), np.float32)
+    channels[:, 2] = centre
+    channels[:, 3] = 0.5 * np.sin(np.arange(centre.size) * 2 * np.pi * 50 / 16000)
+    path = tmp_path / name
+    soundfile.write(str(path), channels, 16000, subtype="FLOAT")
+    return path
+
+
+def test_surround_speech_on_the_centre_reaches_both_sides_and_the_model_at_minus_3_db(tmp_path, tone):
+    speech = tone[:8000]
+    samples, rate = load_audio(_five_one(tmp_path, speech))
+    assert samples.shape == (2, speech.size) and rate == 16000
+    np.testing.assert_allclose(samples[0], samples[1])
+    np.testing.assert_allclose(samples[0], math.sqrt(0.5) * speech, atol=1e-6)  # no LFE in the mix
+    np.testing.assert_allclose(load_audio_16k(_five_one(tmp_path, speech)), math.sqrt(0.5) * speech, atol=1e-6)
+
+
+def test_downmix_follows_the_declared_layout(tone):
+    left_surround = tone[:1600]
+    side = np.zeros((6, left_surround.size), np.float32)
+    side[4] = left_surround  # "5.1(side)": FL FR FC LFE SL SR
+    mixed = downmix_to_stereo(side, "5.1(side)")
+    np.testing.assert_allclose(mixed[0], math.sqrt(0.5) * left_surround, atol=1e-6)
+    assert not mixed[1].any()
+    stereo = side[:2]
+    assert downmix_to_stereo(stereo) is stereo
+    with pytest.raises(AudioError, match="9 unnamed audio channels"):
+        downmix_to_stereo(np.zeros((9, 10), np.float32))
+
+
+def test_the_muxed_track_of_surround_speech_is_a_balanced_stereo_downmix(tmp_path, tone):
+    speech = tone[:16000]
+    samples, rate = load_audio(_five_one(tmp_path, speech))
+    with VideoWriter(tmp_path / "out.mp4", 64, 48, 10, samples, rate) as writer:
+        for _ in range(10):
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.audio[0]
+        assert stream.layout.name == "stereo"
+        decoded = np.concatenate([frame.to_ndarray() for frame in container.decode(stream)], axis=1)
+    left, right = (float(np.sqrt(np.mean(channel ** 2))) for channel in decoded)
+    assert abs(20 * math.log10(left / right)) < 0.5  # balanced, not centre-to-left
+    expected = math.sqrt(0.5) * float(np.sqrt(np.mean(speech ** 2)))
+    assert abs(20 * math.log10(left / expected)) < 1.0
