@@ -10,7 +10,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -18,11 +20,22 @@ from . import __version__
 DEFAULT_MODELS_DIR = os.environ.get("MUSETALK_MODELS_DIR", "models")
 DEFAULT_CACHE_DIR = os.environ.get("MUSETALK_CACHE_DIR", str(Path.home() / ".cache" / "musetalk" / "avatars"))
 
+EXIT_OK = 0
+EXIT_ERROR = 1  # bad input, missing weights, a failed run: the message says what to do
+EXIT_USAGE = 2  # a wrong command line (argparse)
+EXIT_NOTHING_DUBBED = 3  # the face to dub is in no frame (see --allow-no-face)
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl+C)
+EXIT_TERMINATED = 143  # SIGTERM
+
 EPILOG = """\
 Weights: the official files go under --models-dir in the official layout
 (musetalkV15/, musetalk/, sd-vae/, whisper/, face-parse-bisent/, face_alignment/).
 `musetalk weights check` lists what is there, `musetalk weights download` fetches
 them (needs internet), `musetalk weights random DIR` writes RANDOM ones for tests.
+
+Exit status: 0 done, 1 error (the message says what to do), 2 wrong command line,
+3 nothing dubbed (no face in any frame), 130 interrupted, 143 terminated.
+Output files appear only when complete: an error or a signal leaves nothing.
 """
 
 
@@ -133,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="truncate fractional frame rates like the official code (29.97 -> 29); "
                                  "drifts out of sync, only for parity checks")
     generation.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: %(default)s)")
+    generation.add_argument("--allow-no-face", action="store_true",
+                            help="when no frame has the face, write the video unchanged (exit 0) instead of "
+                                 "failing with exit status 3")
 
     avatar = commands.add_parser("avatar", help="prepare or inspect a cached avatar")
     avatar_commands = avatar.add_subparsers(dest="avatar_command", required=True, metavar="ACTION")
@@ -192,11 +208,11 @@ def _load_models(args):
 
 
 def _run_dub(args, progress: _Progress) -> None:
-    from .pipeline import DubOptions, dub, refuse_overwriting_inputs
+    from .pipeline import DubOptions, check_dub_files, dub
 
-    refuse_overwriting_inputs(args.output, args.source, args.audio, args.landmarks)  # before loading the models
+    check_dub_files(args.source, args.audio, args.output, args.landmarks, args.cache_dir)  # before loading the models
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
-                         exact_fps=not args.official_fps, decode=args.decode)
+                         exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face)
     report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),
                  options=options, cache_root=args.cache_dir, landmarks_path=args.landmarks,
                  face_backend=args.face_backend, face_models_dir=args.models_dir, still_fps=args.fps,
@@ -271,34 +287,61 @@ def _run_weights(args) -> None:
     download_weights(root, args.only, dry_run=args.dry_run)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``with`` block cleans up as for Ctrl+C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``musetalk`` console script."""
+    """Entry point of the ``musetalk`` console script; returns the exit status (``EXIT_*``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     progress = _Progress(enabled=not args.quiet)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        if args.command == "dub":
-            _run_dub(args, progress)
-        elif args.command == "avatar":
-            _run_avatar(args, progress)
-        elif args.command == "weights":
-            _run_weights(args)
-        elif args.command == "queue":
-            from .comfy_client import run
-
-            run(args)
-        else:
-            from .bench import run
-
-            run(args)
+        _run(args, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        print("musetalk: interrupted; partial files were removed.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        progress.close()
+        print("musetalk: terminated; partial files were removed.", file=sys.stderr)
+        return EXIT_TERMINATED
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as error:
+        from .pipeline import NoFaceError
+
         progress.close()
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_NOTHING_DUBBED if isinstance(error, NoFaceError) else EXIT_ERROR
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, progress: _Progress) -> None:
+    if args.command == "dub":
+        _run_dub(args, progress)
+    elif args.command == "avatar":
+        _run_avatar(args, progress)
+    elif args.command == "weights":
+        _run_weights(args)
+    elif args.command == "queue":
+        from .comfy_client import run
+
+        run(args)
+    else:
+        from .bench import run
+
+        run(args)
 
 
 if __name__ == "__main__":

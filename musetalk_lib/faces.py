@@ -21,6 +21,7 @@ from .options import FACE_SELECTIONS
 __all__ = [
     "SELECTION_MODES",
     "Face",
+    "FaceSelectionError",
     "box_jitter",
     "load_landmarks_json",
     "save_landmarks_json",
@@ -102,6 +103,10 @@ def _landmark_extent(landmarks: np.ndarray) -> tuple[float, float, float, float]
     return (*landmarks.min(axis=0), *landmarks.max(axis=0))
 
 
+class FaceSelectionError(ValueError):
+    """A face index or point that selects no face in any frame."""
+
+
 def select_faces(
     faces_per_frame: Sequence[Sequence[Face]],
     mode: str = "largest",
@@ -113,7 +118,9 @@ def select_faces(
     ``largest``: the biggest box. ``index``: the ``index``-th face from the
     left. ``point``: the face whose box contains ``point`` (nearest centre if
     several do, or none does but one is within a box width of it). Frames
-    where the chosen face is absent get ``None``.
+    where the chosen face is absent get ``None``. An ``index`` or ``point``
+    that selects no face in any frame while some frames have faces raises
+    :class:`FaceSelectionError` (it would silently dub nothing).
     """
     if mode not in SELECTION_MODES:
         raise ValueError(f"Unknown face selection {mode!r}; choose one of {', '.join(SELECTION_MODES)}.")
@@ -130,6 +137,13 @@ def select_faces(
             chosen.append(ordered[index] if 0 <= index < len(ordered) else None)
         else:
             chosen.append(_nearest_face(faces, point))
+    most = max((len(faces) for faces in faces_per_frame), default=0)
+    if most and all(face is None for face in chosen):
+        if mode == "index":
+            raise FaceSelectionError(f"Face index {index} selects no face: frames show at most {most} face(s), "
+                                     f"so use an index from 0 to {most - 1} (0 = leftmost).")
+        raise FaceSelectionError(f"The point {point[0]:g},{point[1]:g} is not on any face in any frame; "
+                                 "give a point inside the face to dub (pixels from the top-left corner).")
     return chosen
 
 

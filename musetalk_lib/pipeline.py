@@ -33,7 +33,7 @@ import torch
 
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import load_audio, to_whisper_input
-from .avatar import Avatar, AvatarSettings, Progress, prepare_avatar
+from .avatar import Avatar, AvatarSettings, FaceTrack, Progress, prepare_avatar
 from .blending import paste_face
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
@@ -43,6 +43,7 @@ from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
 from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES
 from .read_ahead import ReadAhead
+from .run_files import check_input_files, check_output_path
 from .unet import MuseTalkUNet, load_unet
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
@@ -54,8 +55,11 @@ __all__ = [
     "DubReport",
     "FrameStream",
     "MuseTalkModels",
+    "NoFaceError",
     "OutputPlan",
     "blend_frames",
+    "check_dub_files",
+    "check_faces_found",
     "compute_audio_features",
     "decode_and_blend",
     "dub",
@@ -63,7 +67,6 @@ __all__ = [
     "output_frame_count",
     "predict_all",
     "predict_faces",
-    "refuse_overwriting_inputs",
     "source_frame_indices",
 ]
 
@@ -145,6 +148,7 @@ class DubOptions:
     exact_fps: bool = True  # False reproduces the official int(fps) truncation (drifts on 29.97 fps)
     decode: str = "full"  # "full" decodes the whole face (official); "partial" only the rows the paste shows
     paste_on_device: bool | None = None  # paste where the VAE runs; None: when that is not the CPU
+    allow_no_face: bool = False  # a source with no face anywhere: write it unchanged instead of failing
 
     def __post_init__(self):
         if self.length_policy not in LENGTH_POLICIES:
@@ -378,14 +382,29 @@ class DubReport:
         return self.frames / float(self.frame_rate)
 
 
-def refuse_overwriting_inputs(output_path: str | os.PathLike, *input_paths: str | os.PathLike | None) -> None:
-    """Raise ``ValueError`` if ``output_path`` is one of the inputs (or a folder), before any work is done."""
-    output = Path(output_path)
-    if output.is_dir():
-        raise ValueError(f"The output {output} is a folder; give a file name such as {output / 'dubbed.mp4'}.")
-    for input_path in input_paths:
-        if input_path is not None and output.exists() and output.resolve() == Path(input_path).resolve():
-            raise ValueError(f"The output {output} is also an input; choose another output name (nothing was written).")
+class NoFaceError(ValueError):
+    """The face to dub is in no frame of the source, so a dub would change nothing."""
+
+
+def check_faces_found(track: FaceTrack, allow_no_face: bool = False) -> None:
+    """Raise :class:`NoFaceError` when ``track`` has no face in any frame, unless ``allow_no_face``."""
+    if not track.has_face.any() and not allow_no_face:
+        raise NoFaceError(f"No face found in any of the {track.num_frames} frame(s), so nothing would be dubbed "
+                          "and no output was written. Use a clip where the face is visible (or other landmarks), "
+                          "or allow_no_face (--allow-no-face) to write it unchanged.")
+
+
+def check_dub_files(source_path: str | os.PathLike, audio_path: str | os.PathLike,
+                    output_path: str | os.PathLike, landmarks_path: str | os.PathLike | None = None,
+                    cache_root: str | os.PathLike | None = None) -> None:
+    """Raise :class:`~musetalk_lib.run_files.RunFileError` before any work if a dub must not start.
+
+    The inputs must be readable files; the output must not be one of them or
+    lie in the avatar cache, and must be a writable video file name.
+    """
+    inputs = {"video": source_path, "audio": audio_path, "landmarks file": landmarks_path}
+    check_input_files(inputs)
+    check_output_path(output_path, inputs, {"avatar cache": cache_root})
 
 
 def dub(
@@ -411,7 +430,7 @@ def dub(
     (``options.length_policy`` decides how the source is extended) and carries
     the speech. It is written under a temporary name and renamed when done.
     """
-    refuse_overwriting_inputs(output_path, source_path, audio_path, landmarks_path)
+    check_dub_files(source_path, audio_path, output_path, landmarks_path, cache_root)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     source = open_source(source_path, still_fps)
@@ -428,6 +447,7 @@ def dub(
                             parser=models.parser, batch_size=options.batch_size, progress=progress,
                             description={"source": str(Path(source_path).resolve())})
     timings["avatar"] = time.perf_counter() - started
+    check_faces_found(avatar.track, options.allow_no_face)
     if avatar.track.missing_ranges():
         logger.warning("No face in source frames %s: they pass through unchanged.", avatar.track.missing_ranges())
 

@@ -10,9 +10,12 @@ renamed only once the file is complete.
 
 from __future__ import annotations
 
+import glob
 import os
 import queue
+import re
 import shutil
+import socket
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,10 +29,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .audio_io import downmix_to_stereo
 from .frame_cache import FrameCache
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "OUTPUT_CONTAINERS",
     "VideoError",
     "VideoInfo",
     "VideoReader",
@@ -37,6 +42,7 @@ __all__ = [
     "even_size",
     "is_image_path",
     "read_image",
+    "remove_abandoned_partials",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -278,6 +284,9 @@ def _pad_to_even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
+OUTPUT_CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
+"""Output extension -> the container :class:`VideoWriter` writes (always H.264 video + AAC audio)."""
+
 _BT601_MATRIX = 6  # AVCOL_SPC_SMPTE170M
 _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 
@@ -299,11 +308,11 @@ class _Mp4Encoder:
     Every call for one encoder must come from the same thread (the writer's encoder thread).
     """
 
-    def __init__(self, path: Path, size: tuple[int, int], frame_rate: Fraction, audio: np.ndarray | None,
-                 audio_rate: int | None, crf: int, preset: str):
+    def __init__(self, path: Path, container: str, size: tuple[int, int], frame_rate: Fraction,
+                 audio: np.ndarray | None, audio_rate: int | None, crf: int, preset: str):
         self.frame_rate = frame_rate
         self._frames = 0
-        self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._container = av.open(str(path), mode="w", format=container, options={"movflags": "+faststart"})
         try:
             self._video = self._container.add_stream("libx264", rate=frame_rate)
             self._video.width, self._video.height = size
@@ -323,9 +332,7 @@ class _Mp4Encoder:
     def _set_up_audio(self, audio: np.ndarray, audio_rate: int | None) -> None:
         if not audio_rate:
             raise ValueError("audio_rate is required with audio")
-        samples = np.atleast_2d(np.asarray(audio, dtype=np.float32))
-        if samples.shape[0] > 2:  # AAC in MP4 is written as mono or stereo here
-            samples = np.stack([samples[0::2].mean(axis=0), samples[1::2].mean(axis=0)])
+        samples = downmix_to_stereo(np.atleast_2d(np.asarray(audio, dtype=np.float32)))  # AAC: mono or stereo
         self._audio = np.ascontiguousarray(np.clip(samples, -1.0, 1.0))
         self._audio_rate = int(audio_rate)
         layout = "mono" if self._audio.shape[0] == 1 else "stereo"
@@ -388,10 +395,47 @@ def _frame_for_encoder(frame: np.ndarray) -> np.ndarray:
 _END_OF_FRAMES = None  # queued after the last frame
 
 
+def _partial_name(path: Path) -> str:
+    """The temporary name a writer on this machine and process uses for ``path``."""
+    return f".{path.stem}.{socket.gethostname()}-{os.getpid()}.partial{path.suffix}"
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+def remove_abandoned_partials(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the partial files for ``path`` in ``folder`` (default: beside it) whose writer is gone.
+
+    Only files named by a writer on this machine (or by the older
+    ``.<name>.<pid>.partial.mp4`` scheme) whose process no longer exists are
+    removed, e.g. after a SIGKILL; another machine's partial files on a shared
+    folder are left alone. Returns the deleted paths.
+    """
+    path = Path(path)
+    folder = Path(folder) if folder is not None else path.parent
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.(?:(?P<host>.+)-)?(?P<pid>\d+)\.partial{re.escape(path.suffix)}")
+    removed = []
+    for candidate in folder.glob(f".{glob.escape(path.stem)}.*.partial{glob.escape(path.suffix)}"):
+        match = pattern.fullmatch(candidate.name)
+        if match is None or match["host"] not in (None, socket.gethostname()):
+            continue
+        if int(match["pid"]) != os.getpid() and _process_is_gone(int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 class VideoWriter:
     """Writes an H.264 + AAC MP4 atomically, encoding on a worker thread.
 
-    Frames go to ``.<name>.partial.mp4`` beside the target (or in
+    Frames go to ``.<name>.<host>-<pid>.partial.<ext>`` beside the target (or in
     ``partial_dir``, e.g. an application's temp folder); :meth:`close` muxes the
     rest of the audio and moves the file to its name. Leaving the ``with`` block
     by an exception (or calling :meth:`abort`) deletes the partial file, so
@@ -420,10 +464,14 @@ class VideoWriter:
         queue_frames: int = 4,
     ):
         self.path = Path(path)
+        self._container_format = OUTPUT_CONTAINERS.get(self.path.suffix.lower())
+        if self._container_format is None:
+            raise VideoError(f"Cannot write {self.path}: use one of {', '.join(OUTPUT_CONTAINERS)} as the extension.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(partial_dir) if partial_dir is not None else self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        self.partial_path = folder / f".{self.path.stem}.{os.getpid()}.partial.mp4"
+        remove_abandoned_partials(self.path, folder)
+        self.partial_path = folder / _partial_name(self.path)
         self.size = (width, height)
         self.frame_rate = Fraction(fps).limit_denominator(100000)
         self.frames_written = 0
@@ -444,8 +492,8 @@ class VideoWriter:
         After an error or an abort, queued frames are still taken (and dropped) so :meth:`write` never blocks.
         """
         try:
-            encoder = _Mp4Encoder(self.partial_path, even_size(*self.size), self.frame_rate, audio, audio_rate,
-                                  crf, preset)
+            encoder = _Mp4Encoder(self.partial_path, self._container_format, even_size(*self.size), self.frame_rate,
+                                  audio, audio_rate, crf, preset)
         except BaseException as error:
             self.partial_path.unlink(missing_ok=True)
             opened.set_exception(error)
@@ -503,7 +551,7 @@ class VideoWriter:
         try:
             os.replace(self.partial_path, self.path)
         except OSError:  # another file system: copy next to the target first, then rename atomically
-            staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial.mp4")
+            staged = self.path.with_name(_partial_name(self.path))
             shutil.move(self.partial_path, staged)
             os.replace(staged, self.path)
         return self.path

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -37,7 +39,7 @@ def test_missing_weights_give_one_clear_error(media, tmp_path, capsys):
     code = main(["dub", str(media / "talking_closeup.mp4"), str(media / "speech_short.wav"), "-o",
                  str(tmp_path / "out.mp4"), "--models-dir", str(tmp_path / "empty")])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert "musetalkV15/unet.pth" in err and "huggingface.co/TMElyralab/MuseTalk" in err and "Traceback" not in err
     assert not (tmp_path / "out.mp4").exists()
 
@@ -139,3 +141,42 @@ def test_deterministic_switch_sets_the_torch_flags(monkeypatch):
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
         torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def _dub_arguments(random_models, media, tmp_path, clip: str, speech: str = "speech_short.wav") -> list[str]:
+    return ["-q", "dub", str(media / f"{clip}.mp4"), str(media / speech), "-o", str(tmp_path / "out.mp4"),
+            "--models-dir", str(random_models), "--landmarks", str(media / "landmarks" / f"{clip}.json"),
+            "--cache-dir", str(tmp_path / "avatars"), "--device", "cpu", "--mask", "landmarks"]
+
+
+def test_a_clip_without_any_face_is_an_error_unless_allowed(random_models, media, tmp_path, capsys):
+    arguments = _dub_arguments(random_models, media, tmp_path, "no_face")
+    assert main(arguments) == 3
+    assert "No face found in any" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
+    assert main([*arguments, "--allow-no-face"]) == 0
+    assert (tmp_path / "out.mp4").is_file()
+
+
+@pytest.mark.parametrize("selection, message", [(["--face", "index", "--face-index", "5"], "Face index 5 selects no face"),
+                                                (["--face", "point", "--face-point", "1,1"], "not on any face")])
+def test_a_face_choice_that_selects_nothing_is_an_error(random_models, media, tmp_path, capsys, selection, message):
+    assert main([*_dub_arguments(random_models, media, tmp_path, "two_faces"), *selection]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_dub_with_one_line_and_leaves_no_files(random_models, media, tmp_path, signum, code):
+    arguments = _dub_arguments(random_models, media, tmp_path, "talking_closeup", "speech_16k_mono.wav")
+    process = subprocess.Popen([sys.executable, "-m", "musetalk_lib.cli", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.*.partial.mp4")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the dub ended before it could be interrupted"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("musetalk: ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["avatars"]

@@ -20,6 +20,7 @@ from musetalk_lib.pipeline import (
     output_frame_count,
     source_frame_indices,
 )
+from musetalk_lib.run_files import RunFileError
 from musetalk_lib.video_io import VideoError, VideoReader
 
 FAST = AvatarSettings(mask_mode="landmarks")  # no face parsing: quick on a CPU
@@ -219,7 +220,7 @@ def test_bad_inputs_fail_clearly_and_leave_no_output(tiny_models, media, tmp_pat
     output = tmp_path / "out.mp4"
     common = dict(cache_root=tmp_path / "avatars", settings=FAST,
                   landmarks_path=media / "landmarks" / "talking_closeup.json")
-    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+    with pytest.raises(RunFileError, match="missing.mp4"):
         dub(tmp_path / "missing.mp4", media / "speech_short.wav", output, tiny_models, **common)
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes((media / "talking_closeup.mp4").read_bytes()[:20000])
@@ -273,7 +274,7 @@ def test_output_onto_an_input_is_refused_before_any_work(tiny_models, media, tmp
     speech = tmp_path / "speech.wav"
     shutil.copy(media / "speech_short.wav", speech)
     before = speech.read_bytes()
-    with pytest.raises(ValueError, match="also an input"):
+    with pytest.raises(ValueError, match="also the audio"):
         dub(media / "talking_closeup.mp4", speech, speech, tiny_models, cache_root=tmp_path / "avatars",
             landmarks_path=media / "landmarks" / "talking_closeup.json", settings=FAST)
     with pytest.raises(ValueError, match="is a folder"):

@@ -1,6 +1,10 @@
 """Video input/output: the decoded-frame cache, read-ahead, and the threaded atomic writer."""
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -197,7 +201,7 @@ def test_encoding_is_byte_identical_whatever_lies_in_memory(tmp_path):
     def encode(junk_seed: int | None) -> bytes:
         junk = np.random.default_rng(junk_seed)
         path = tmp_path / f"{junk_seed}.mp4"
-        encoder = _Mp4Encoder(path, (350, 350), Fraction(15), None, None, crf=18, preset="medium")
+        encoder = _Mp4Encoder(path, "mp4", (350, 350), Fraction(15), None, None, crf=18, preset="medium")
         for frame in frames:  # on this thread, so that the junk is in the encoder's heap
             if junk_seed is not None:  # leave different bytes in freed memory before every frame
                 for _ in range(3):
@@ -272,4 +276,33 @@ def test_write_refuses_a_wrong_frame_at_once(tmp_path, frame, message):
     with pytest.raises(VideoError, match=message):
         with VideoWriter(tmp_path / "out.mp4", 64, 48, 15) as writer:
             writer.write(frame)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_writer_removes_partial_files_of_its_output_left_by_dead_processes_on_this_machine(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    abandoned = [tmp_path / f".out.{host}-{dead.pid}.partial.mp4", tmp_path / f".out.{dead.pid}.partial.mp4"]
+    kept = [tmp_path / f".out.{host}-{os.getppid()}.partial.mp4",  # a live process
+            tmp_path / f".out.other-host-{dead.pid}.partial.mp4",  # another machine on a shared folder
+            tmp_path / f".other.{host}-{dead.pid}.partial.mp4"]  # another output
+    for path in abandoned + kept:
+        path.write_bytes(b"partial")
+    with VideoWriter(tmp_path / "out.mp4", 64, 48, 15) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert sorted(leftovers(tmp_path)) == sorted(["out.mp4", *(path.name for path in kept)])
+
+
+@pytest.mark.parametrize("name, container", [("out.mov", "mov"), ("out.m4v", "mp4")])
+def test_the_container_follows_the_extension(tmp_path, name, container):
+    with VideoWriter(tmp_path / name, 64, 48, 15) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    with av.open(str(tmp_path / name)) as opened:
+        assert container in opened.format.name.split(",")
+
+
+def test_an_unsupported_extension_is_refused_before_writing(tmp_path):
+    with pytest.raises(VideoError, match=r"\.mp4"):
+        VideoWriter(tmp_path / "out.avi", 64, 48, 15)
     assert leftovers(tmp_path) == []
