@@ -83,16 +83,18 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Audio file not found: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"The audio {path} is empty (0 bytes).")
     try:
         samples, sample_rate = _read_soundfile(path)
         layout = _declared_layout(path) if samples.shape[0] > 2 else None
-    except Exception as soundfile_error:  # libsndfile refuses formats it does not know
+    except Exception:  # libsndfile refuses formats it does not know: FFmpeg reads the rest
         try:
             samples, sample_rate, layout = _read_pyav(path)
         except Exception as pyav_error:
-            raise AudioError(
-                f"Cannot decode audio from {path}: soundfile said {soundfile_error}; PyAV said {pyav_error}"
-            ) from pyav_error
+            reason = getattr(pyav_error, "strerror", None) or pyav_error
+            raise AudioError(f"Cannot decode audio from {path}: it is not audio FFmpeg or libsndfile can read, "
+                             f"or it is truncated or corrupt ({reason}).") from pyav_error
     if samples.shape[1] == 0:
         raise AudioError(f"{path} contains no audio samples.")
     return downmix_to_stereo(samples, layout), sample_rate

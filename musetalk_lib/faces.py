@@ -22,6 +22,7 @@ __all__ = [
     "SELECTION_MODES",
     "Face",
     "FaceSelectionError",
+    "LandmarksError",
     "box_jitter",
     "load_landmarks_json",
     "save_landmarks_json",
@@ -55,27 +56,56 @@ class Face:
         return x1 <= point[0] <= x2 and y1 <= point[1] <= y2
 
 
+class LandmarksError(ValueError):
+    """A landmark file that cannot be used; the message names the file and what is wrong."""
+
+
 def load_landmarks_json(path: str | os.PathLike) -> list[list[Face]]:
     """Read per-frame faces from the landmark JSON format (``{"frames": [{"faces": [...]}, ...]}``).
 
     Each face holds ``box`` ``[x1, y1, x2, y2]``, ``landmarks`` (68 ``[x, y]``)
-    and optionally ``score``.
+    and optionally ``score``; every number must be finite. Anything else
+    raises :class:`LandmarksError` naming the file and the frame.
     """
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except UnicodeDecodeError as error:
+        raise LandmarksError(f"{path} is not a landmark file (not UTF-8 text).") from error
+    except json.JSONDecodeError as error:
+        raise LandmarksError(f"{path} is not a landmark file: invalid JSON at line {error.lineno}, "
+                             f"column {error.colno} ({error.msg}).") from error
     frames = data.get("frames") if isinstance(data, dict) else None
     if not isinstance(frames, list):
-        raise ValueError(f"{path} is not a landmark file: expected a top-level 'frames' list")
+        raise LandmarksError(f"{path} is not a landmark file: expected a top-level 'frames' list.")
+    return [_frame_faces(path, number, frame) for number, frame in enumerate(frames)]
+
+
+def _numbers(path: str | os.PathLike, number: int, value: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        kind = "a list of numbers" if shape else "a number"
+        raise LandmarksError(f"{path}: frame {number}, {what}: not {kind}.") from None
+    if array.shape != shape:
+        expected = "x".join(map(str, shape)) or "one number"
+        raise LandmarksError(f"{path}: frame {number}, {what}: shape {array.shape}, expected {expected}.")
+    if not np.isfinite(array).all():
+        raise LandmarksError(f"{path}: frame {number}, {what}: NaN or infinite values.")
+    return array
+
+
+def _frame_faces(path: str | os.PathLike, number: int, frame: object) -> list[Face]:
+    faces = frame.get("faces", []) if isinstance(frame, dict) else None
+    if not isinstance(faces, list) or not all(isinstance(face, dict) for face in faces):
+        raise LandmarksError(f"{path}: frame {number} is not {{\"faces\": [{{\"box\": ..., \"landmarks\": ...}}, ...]}}.")
     result = []
-    for number, frame in enumerate(frames):
-        faces = []
-        for face in frame.get("faces", []):
-            landmarks = np.asarray(face["landmarks"], dtype=np.float64)
-            if landmarks.shape != (68, 2):
-                raise ValueError(f"{path}: frame {number} has landmarks of shape {landmarks.shape}, not 68x2")
-            box = tuple(float(v) for v in face.get("box") or _landmark_extent(landmarks))
-            faces.append(Face(box=box, landmarks=landmarks, score=float(face.get("score", 1.0))))
-        result.append(faces)
+    for face in faces:
+        landmarks = _numbers(path, number, face.get("landmarks"), (68, 2), "landmarks")
+        box = face.get("box")
+        box = _landmark_extent(landmarks) if box is None else _numbers(path, number, box, (4,), "box")
+        score = _numbers(path, number, face.get("score", 1.0), (), "score")
+        result.append(Face(box=tuple(float(v) for v in box), landmarks=landmarks, score=float(score)))
     return result
 
 

@@ -11,6 +11,7 @@ renamed only once the file is complete.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import queue
 import re
@@ -44,6 +45,8 @@ __all__ = [
     "read_image",
     "remove_abandoned_partials",
 ]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -122,10 +125,13 @@ class VideoReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"Video not found: {self.path}")
+        if self.path.stat().st_size == 0:
+            raise VideoError(f"The video {self.path} is empty (0 bytes).")
         try:
             self._container = av.open(str(self.path))
         except av.FFmpegError as error:
-            raise VideoError(f"Cannot open video {self.path}: {error}") from error
+            raise VideoError(f"Cannot open video {self.path}: it is not a video FFmpeg can read, or it is truncated "
+                             f"or corrupt ({error.strerror or error}).") from error
         if not self._container.streams.video:
             self._container.close()
             raise VideoError(f"{self.path} has no video stream.")
@@ -136,6 +142,7 @@ class VideoReader:
         self.frames_decoded = 0
         self._decoder: Iterator | None = None
         self._next_index = 0
+        self._short_stream_reported = False
 
     def _probe(self) -> VideoInfo:
         stream = self._stream
@@ -245,6 +252,7 @@ class VideoReader:
                         last_frame = self._keep(*last_skipped)
                     if last_frame is None:
                         raise VideoError(f"{self.path}: frame {pending[0]} could not be decoded.")
+                    self._report_short_stream(pending[0])
                     while pending:
                         index = pending.popleft()
                         found[index] = self.cache.put(index, last_frame) if self.cache is not None else last_frame
@@ -257,6 +265,14 @@ class VideoReader:
                 while pending and pending[0] <= index:
                     found[pending.popleft()] = last_frame
         return [found[int(i)] for i in indices]
+
+    def _report_short_stream(self, first_missing: int) -> None:
+        """Warn once when the stream ends well before the frame count its header announces (a truncated file)."""
+        if self._short_stream_reported or first_missing >= self.info.num_frames - 1:
+            return
+        self._short_stream_reported = True
+        logger.warning("%s ends after %d of the %d frames its header announces (truncated?); the missing frames "
+                       "repeat the last one.", self.path, first_missing, self.info.num_frames)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """All frames in order (fresh, writable arrays; the cache is neither read nor filled)."""

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from musetalk_lib.face_detection import FaceAlignmentDetector, create_detector
-from musetalk_lib.faces import Face, box_jitter, load_landmarks_json, save_landmarks_json, select_faces, smooth_faces
+from musetalk_lib.faces import (Face, FaceSelectionError, box_jitter, load_landmarks_json, save_landmarks_json,
+                                 select_faces, smooth_faces)
 from musetalk_lib.video_io import VideoReader
 from musetalk_lib.weights import MissingWeightsError
 
@@ -24,9 +25,17 @@ def test_selection_modes():
     assert select_faces(frames, "index", index=0) == [small, None, right]
     assert select_faces(frames, "index", index=2) == [right, None, None]
     assert select_faces(frames, "point", point=(315, 20)) == [right, None, right]
-    assert select_faces(frames, "point", point=(1000, 1000)) == [None, None, None]
     with pytest.raises(ValueError, match="point"):
         select_faces(frames, "point")
+
+
+def test_a_choice_that_selects_no_face_in_any_frame_is_an_error():
+    frames = [[face_at(10, 10, 20), face_at(100, 10, 60)], []]
+    with pytest.raises(FaceSelectionError, match="at most 2 face.*0 to 1"):
+        select_faces(frames, "index", index=5)
+    with pytest.raises(FaceSelectionError, match="not on any face"):
+        select_faces(frames, "point", point=(1000, 1000))
+    assert select_faces([[], []], "index", index=5) == [None, None]  # no faces at all: the caller reports that
 
 
 def test_two_faces_clip_picks_each_person(media):
