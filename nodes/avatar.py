@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
-from .runtime import ManagedModel, Progress, input_directory, models_root, offload_device
+from .runtime import (ManagedModel, Progress, input_file_problem, input_files, models_root, offload_device,
+                      resolve_input_file)
 
 if TYPE_CHECKING:  # the library's detection module imports torch; nodes import it only when they run
     from ..musetalk_lib.face_detection import FaceDetector
+    from ..musetalk_lib.faces import Face
 
 CATEGORY = "MuseTalk"
 LANDMARKS_FILE = "landmarks file"
@@ -35,6 +37,7 @@ def source_inputs() -> dict:
     }
 
 
+# The face widgets but landmarks_file, whose list of files face_inputs() builds on each call.
 FACE_INPUTS = {
     "face_backend": (list(FACE_BACKENDS) + [LANDMARKS_FILE], {
         "default": "face-alignment",
@@ -51,34 +54,54 @@ FACE_INPUTS = {
     "face_point_y": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip": "With 'point': a pixel inside the face."}),
     "smoothing": ("INT", {"default": 2, "min": 0, "max": 12,
                           "tooltip": "Temporal smoothing of the face box, in frames each side (0 = off)."}),
-    "landmarks_file": ("STRING", {"default": "", "tooltip": "With 'landmarks file': a 68-point landmarks JSON "
-                                                            "in the input folder."}),
 }
+
+
+def face_inputs() -> dict:
+    """The face tracking widgets; ``landmarks_file`` lists the JSON files of the input folder.
+
+    ``landmarks_file`` is a list, not free text: a V1 node has one ``VALIDATE_INPUTS``
+    and ComfyUI attaches its verdict to every input it names, so it checks ``file``
+    alone and ComfyUI itself refuses a ``landmarks_file`` that is not in the list.
+    """
+    return {**FACE_INPUTS, "landmarks_file": ([""] + input_files({".json"}, recursive=True), {
+        "default": "", "tooltip": "With 'landmarks file': a 68-point landmarks JSON from the input folder."})}
 
 
 def media_files() -> list[str]:
     """Video and image files in ComfyUI's input folder (for the file widget)."""
-    folder = input_directory()
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+    return input_files(MEDIA_SUFFIXES)
 
 
-def resolve_input(name: str) -> Path:
-    """A file name from the input folder, or an absolute path."""
-    path = Path(name)
-    return path if path.is_absolute() else input_directory() / path
-
-
-def open_frames(images, file: str, fps: float):
+def open_frames(images, file: str, fps: float, node: str):
     """The frame source: an IMAGE batch if connected, else the chosen file (video or still)."""
     from ..musetalk_lib.frame_source import ArraySource, open_source
 
     if images is not None:
         return ArraySource(images, fps)
     if not file:
-        raise ValueError("Connect an IMAGE batch or choose a video/image file.")
-    return open_source(resolve_input(file), fps)
+        raise ValueError(f"{node}: connect an IMAGE batch or choose a video/image file.")
+    return open_source(resolve_input_file(file, node, "file"), fps)
+
+
+def read_landmarks(name: str, node: str) -> list[list[Face]]:
+    """The faces per frame of the landmarks JSON ``name`` (input ``landmarks_file``), with errors naming it."""
+    from ..musetalk_lib.faces import load_landmarks_json
+
+    path = resolve_input_file(name, node, "landmarks_file")
+    try:
+        return load_landmarks_json(path)
+    except json.JSONDecodeError as error:
+        problem = f"is not JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+    except UnicodeDecodeError:
+        problem = "is not a text file"
+    except ValueError as error:  # the library's format checks (their message starts with the full path)
+        detail = str(error).replace(str(path), "").lstrip(": ").removeprefix("is not a landmark file: ")
+        problem = f"is not a landmarks file ({detail})"
+    except (AttributeError, KeyError, TypeError):
+        problem = "is not a landmarks file (expected a 'frames' list of {'faces': [{'landmarks': 68 [x, y]}]})"
+    raise ValueError(f"{node}: landmarks_file '{name}' {problem}; pick a 68-point landmarks JSON "
+                     "or another face backend.")
 
 
 def face_detector(backend: str) -> FaceDetector:
@@ -107,20 +130,34 @@ def face_detector(backend: str) -> FaceDetector:
     return detector.ready() if isinstance(detector, ManagedModel) else detector
 
 
-def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress):
+def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str):
     """Detect (or read) the faces of every source frame and derive the crop track."""
     from ..musetalk_lib.avatar import build_track, detect_faces
-    from ..musetalk_lib.faces import load_landmarks_json
 
     if face_backend == LANDMARKS_FILE:
         if not landmarks_file:
-            raise ValueError("Face backend 'landmarks file' needs landmarks_file (a 68-point JSON).")
-        faces = load_landmarks_json(resolve_input(landmarks_file))
+            raise ValueError(f"{node}: face backend 'landmarks file' needs a landmarks_file (a 68-point JSON).")
+        faces = read_landmarks(landmarks_file, node)
         if len(faces) != source.num_frames:
-            raise ValueError(f"{landmarks_file} covers {len(faces)} frames but the source has {source.num_frames}.")
+            raise ValueError(f"{node}: landmarks_file '{landmarks_file}' covers {len(faces)} frames but the source "
+                             f"has {source.num_frames}; pick the landmarks of this video.")
     else:
         faces = detect_faces(source, face_detector(face_backend), batch_size, progress)
     return build_track(faces, source.width, source.height, settings)
+
+
+def files_identity(node: str, **names: str) -> str:
+    """``IS_CHANGED`` of file-name inputs: changes when a named file does (refused names count as absent)."""
+    digest = hashlib.sha256()
+    for input_name, name in names.items():
+        try:
+            path = resolve_input_file(name, node, input_name) if name else None
+        except OSError:
+            continue
+        if path is not None:
+            stat = path.stat()
+            digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode())
+    return digest.hexdigest()
 
 
 def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y, smoothing,
@@ -154,11 +191,13 @@ def preview(source, track) -> np.ndarray:
 class MuseTalkLoadAvatar:
     """Frames to dub (IMAGE batch, or a video/image file streamed from the input folder) plus the tracked face."""
 
+    DISPLAY_NAME = "MuseTalk Load Avatar"
+
     @classmethod
     def INPUT_TYPES(cls):
         # Every widget is required: ComfyUI's frontend adds the upload button after the required inputs.
         return {
-            "required": {**source_inputs(), **FACE_INPUTS},
+            "required": {**source_inputs(), **face_inputs()},
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Frames from any loader (VHS Load Video, Get Video Components...)."}),
             },
@@ -175,29 +214,21 @@ class MuseTalkLoadAvatar:
 
     @classmethod
     def IS_CHANGED(cls, file="", landmarks_file="", **_):
-        digest = hashlib.sha256()
-        for name in (file, landmarks_file):
-            path = resolve_input(name) if name else None
-            if path is not None and path.is_file():
-                digest.update(f"{path}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode())
-        return digest.hexdigest()
+        return files_identity(cls.DISPLAY_NAME, file=file, landmarks_file=landmarks_file)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, file="", landmarks_file="", **_):
-        if file and not resolve_input(file).is_file():
-            return f"File not found in the input folder: {file}"
-        if landmarks_file and not resolve_input(landmarks_file).is_file():
-            return f"Landmarks file not found: {landmarks_file}"
-        return True
+    def VALIDATE_INPUTS(cls, file: str | None = None) -> bool | str:
+        # Names only `file`: ComfyUI attaches a refusal to every input named here (see face_inputs).
+        return input_file_problem(file, cls.DISPLAY_NAME, "file") or True
 
     def load(self, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
              face_point_y, smoothing, landmarks_file, images=None, unique_id=None):
         from .convert import AvatarPayload, frames_to_image
 
-        source = open_frames(images, file, fps)
+        source = open_frames(images, file, fps, self.DISPLAY_NAME)
         settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y,
                                    smoothing)
-        track = track_faces(source, face_backend, landmarks_file, settings, 8, Progress(unique_id))
+        track = track_faces(source, face_backend, landmarks_file, settings, 8, Progress(unique_id), self.DISPLAY_NAME)
         shown = preview(source, track)
         return (AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
                 float(source.frame_rate), source.num_frames)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from ..musetalk_lib.options import BLEND_VARIANTS, MASK_MODES
-from .avatar import FACE_INPUTS, avatar_settings, open_frames, source_inputs, track_faces
+from .avatar import avatar_settings, face_inputs, open_frames, source_inputs, track_faces
 from .generation import BATCH_SIZE, LENGTH_POLICY
-from .runtime import Progress, output_is_linked
+from .runtime import Progress, input_file_problem, output_is_linked
 
 CATEGORY = "MuseTalk"
 
@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 
 class MuseTalkDub:
     """Video (or image) + speech in, lip-synced frames + the matching speech out."""
+
+    DISPLAY_NAME = "MuseTalk Dub"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -26,7 +28,7 @@ class MuseTalkDub:
                 "whisper": ("MUSETALK_WHISPER",),
                 "audio": ("AUDIO",),
                 **source_inputs(),
-                **FACE_INPUTS,
+                **face_inputs(),
                 "mask_mode": (list(MASK_MODES), {"default": "jaw",
                                                  "tooltip": "jaw (v1.5), raw (v1.0), neck need the face parser; "
                                                             "landmarks works without it."}),
@@ -51,10 +53,9 @@ class MuseTalkDub:
     DESCRIPTION = "Lip-syncs a video, image or IMAGE batch to speech in one node."
 
     @classmethod
-    def VALIDATE_INPUTS(cls, file="", landmarks_file=""):
-        from .avatar import MuseTalkLoadAvatar
-
-        return MuseTalkLoadAvatar.VALIDATE_INPUTS(file=file, landmarks_file=landmarks_file)
+    def VALIDATE_INPUTS(cls, file: str | None = None) -> bool | str:
+        # Names only `file`: ComfyUI attaches a refusal to every input named here (see avatar.face_inputs).
+        return input_file_problem(file, cls.DISPLAY_NAME, "file") or True
 
     def dub(self, unet, vae, whisper, audio, file, fps, face_backend, bbox_shift, extra_margin, face_selection,
             face_index, face_point_x, face_point_y, smoothing, landmarks_file, mask_mode, blend, length_policy,
@@ -66,10 +67,11 @@ class MuseTalkDub:
         from .convert import audio_samples, audio_value, image_and_stream
 
         progress = Progress(unique_id)
-        source = open_frames(images, file, fps)
+        source = open_frames(images, file, fps, self.DISPLAY_NAME)
         settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y,
                                    smoothing)
-        track = track_faces(source, face_backend, landmarks_file, settings, batch_size, progress)
+        track = track_faces(source, face_backend, landmarks_file, settings, batch_size, progress,
+                            self.DISPLAY_NAME)
         if not track.has_face.any():
             logger.warning("MuseTalk Dub: no face found in any frame; the frames pass through unchanged.")
 

@@ -3,14 +3,19 @@
 Inside ComfyUI: model folders come from ``folder_paths`` (so ``extra_model_paths.yaml``
 works), devices and memory from ``comfy.model_management``, progress and
 interrupts from ``comfy.utils.ProgressBar``. Outside it: ``$MUSETALK_MODELS_DIR``,
-the best torch device, and no-op progress.
+the working directory as the input folder, the best torch device, and no-op progress.
+
+File names given to nodes are confined to ComfyUI's input, output and temp folders
+(:func:`resolve_input_file`, :func:`output_prefix_problem`); the CLI takes any path.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from pathlib import Path
+from collections.abc import Collection
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 MODEL_FOLDER = "musetalk"
 
@@ -55,6 +60,93 @@ def temp_directory() -> Path:
     if folder_paths is not None:
         return Path(folder_paths.get_temp_directory())
     return Path(tempfile.gettempdir()) / "musetalk"
+
+
+FOLDERS = {"input": input_directory, "output": output_directory, "temp": temp_directory}
+
+
+def split_annotation(name: str) -> tuple[str, str]:
+    """``(relative name, folder)`` of a file-name value.
+
+    ComfyUI's annotated forms ``clip.mp4 [input]``, ``clip.mp4 [output]`` and
+    ``clip.mp4 [temp]`` pick the folder, read exactly as core's
+    ``folder_paths.annotated_filepath`` reads them; any other name is in the input folder.
+    """
+    for folder in ("output", "input", "temp"):
+        if name.endswith(f"[{folder}]"):
+            return name[:-len(folder) - 3], folder
+    return name, "input"
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links resolved, lies in ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def may_escape(relative: str) -> bool:
+    """Whether a name could reach outside the folder it is joined to: absolute, drive or UNC paths, ``..``
+    components; NUL characters too (no file has them)."""
+    return ("\0" in relative or bool(PurePosixPath(relative).anchor or PureWindowsPath(relative).anchor)
+            or ".." in re.split(r"[\\/]", relative))
+
+
+def resolve_input_file(name: str, node: str, input_name: str) -> Path:
+    """The file that ``name``, the value of file-name input ``input_name`` of node ``node``, designates.
+
+    ``name`` is a file in ComfyUI's input folder (subfolders allowed) or an annotated
+    name (see :func:`split_annotation`). A name reaching outside its folder (absolute,
+    ``..``, a link to elsewhere) raises PermissionError, one that is not a file
+    FileNotFoundError; the messages start with ``node`` (a display name) for ComfyUI to show.
+    """
+    relative, folder_name = split_annotation(name)
+    folder = FOLDERS[folder_name]()
+    path = folder / relative
+    advice = "put the file in input/ and pick it from the list"
+    if may_escape(relative) or not is_inside(path, folder):
+        raise PermissionError(f"{node}: {input_name} '{name}' is outside ComfyUI's {folder_name} folder; {advice}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"{node}: {input_name} '{name}' is not a file in ComfyUI's {folder_name} folder; "
+                                f"{advice}.")
+    return path
+
+
+def input_file_problem(name: str | None, node: str, input_name: str) -> str | None:
+    """Why ``VALIDATE_INPUTS`` refuses a file-name input, or None. Empty and linked (None) values pass."""
+    if not name:
+        return None
+    try:
+        resolve_input_file(name, node, input_name)
+    except OSError as error:
+        return str(error)
+    return None
+
+
+def output_prefix_problem(prefix: str | None, node: str, input_name: str = "filename_prefix") -> str | None:
+    """Why a ``filename_prefix`` would write outside ComfyUI's output folder, or None. Linked (None) values pass."""
+    if prefix is None:
+        return None
+    folder = output_directory()
+    if may_escape(prefix) or not is_inside(folder / prefix, folder):
+        return (f"{node}: {input_name} '{prefix}' is outside ComfyUI's output folder; "
+                "use a relative name such as MuseTalk/dub.")
+    return None
+
+
+def input_files(suffixes: Collection[str], recursive: bool = False) -> list[str]:
+    """Sorted ``/``-separated names of the input folder's files with one of ``suffixes`` (lower case).
+
+    Files reached through links to elsewhere are left out (the nodes refuse them);
+    ``recursive`` also lists subfolders, hidden ones excepted.
+    """
+    folder = input_directory()
+    found = []
+    for root, subfolders, files in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if recursive and not name.startswith("."))
+        for name in files:
+            path = Path(root, name)
+            if path.suffix.lower() in suffixes and path.is_file() and is_inside(path, folder):
+                found.append(path.relative_to(folder).as_posix())
+    return sorted(found)
 
 
 def torch_device():

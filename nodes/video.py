@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .runtime import Progress, in_comfyui, output_directory, temp_directory
+from .runtime import Progress, in_comfyui, output_directory, output_prefix_problem, temp_directory
 
 CATEGORY = "MuseTalk"
 
@@ -31,6 +31,8 @@ def next_output_path(prefix: str, width: int, height: int):
 class MuseTalkVideoCombine:
     """Writes the frames and the speech to an MP4 (streaming when given MuseTalk frames) and previews it."""
 
+    DISPLAY_NAME = "MuseTalk Video Combine"
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -55,10 +57,16 @@ class MuseTalkVideoCombine:
     CATEGORY = CATEGORY
     DESCRIPTION = "Saves an H.264 + AAC MP4 (no ffmpeg binary needed) and shows it in the node."
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None = None) -> bool | str:
+        return output_prefix_problem(filename_prefix, cls.DISPLAY_NAME) or True
+
     def combine(self, fps, filename_prefix, crf, images=None, frames=None, audio=None, unique_id=None):
         from ..musetalk_lib.video_io import VideoWriter
         from .convert import audio_samples
 
+        if problem := output_prefix_problem(filename_prefix, self.DISPLAY_NAME):
+            raise PermissionError(problem)
         if (images is None) == (frames is None):
             raise ValueError("Connect exactly one of images (IMAGE) or frames (MUSETALK_FRAMES).")
         if frames is not None:

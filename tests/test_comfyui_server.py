@@ -10,8 +10,12 @@ runs it (default: this one). The server gets tiny RANDOM weights, the pack throu
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -104,3 +108,56 @@ def test_requeueing_identical_inputs_hits_the_cache(server):
         entry = client.wait(client.submit(workflow), PROMPT_TIMEOUT)
     cached = [set(data["nodes"]) for kind, data in entry["status"]["messages"] if kind == "execution_cached"]
     assert cached == [set(workflow)], f"second run executed nodes again: {entry['status']['messages']}"
+
+
+# (workflow, node class, input, value): file names reaching outside ComfyUI's folders, and a missing video.
+# "{media}" is the shared media folder (absolute), "{up}{outside}" a real video next to the input folder reached
+# with ".." up to the root.
+REFUSED_NAMES = [
+    ("musetalk_dub_video_blocks", "MuseTalkLoadAvatar", "file", "../outside.mp4"),
+    ("musetalk_dub_video_blocks", "MuseTalkLoadAvatar", "file", "{media}/talking_closeup.mp4"),
+    ("musetalk_dub_video_blocks", "MuseTalkLoadAvatar", "file", "missing.mp4"),
+    ("musetalk_dub_video_blocks", "MuseTalkLoadAvatar", "landmarks_file", "/etc/passwd"),
+    ("musetalk_dub_video_one_node", "MuseTalkDub", "file", "{up}{outside}"),
+    ("musetalk_dub_video_one_node", "MuseTalkDub", "landmarks_file", "../landmarks/talking_closeup.json"),
+    ("musetalk_dub_video_one_node", "MuseTalkVideoCombine", "filename_prefix", "../escaped/dub"),
+]
+
+
+def post_prompt(url: str, workflow: dict) -> dict:
+    """The server's answer to ``POST /prompt`` (a refusal comes with HTTP 400)."""
+    request = urllib.request.Request(url + "/prompt", data=json.dumps({"prompt": workflow}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
+
+
+@pytest.mark.parametrize("workflow_name, class_type, input_name, value", REFUSED_NAMES,
+                         ids=[f"{case[1]}.{case[2]}={case[3]}" for case in REFUSED_NAMES])
+def test_names_outside_comfyui_folders_are_refused_on_that_input(server, workflow_name, class_type, input_name,
+                                                                  value):
+    from musetalk_lib.comfy_client import Override, apply_overrides, load_workflow
+
+    outside = server.sandbox.root / "outside.mp4"
+    shutil.copyfile(MEDIA / "talking_closeup.mp4", outside)
+    value = value.format(media=MEDIA.resolve(), up="../" * (len(server.sandbox.input.resolve().parts) - 1),
+                         outside=outside.resolve().relative_to("/"))
+    workflow = apply_overrides(load_workflow(REPO / "workflows" / "api" / f"{workflow_name}.json"),
+                               [Override(class_type, input_name, value)])
+    (node_id,) = [key for key, node in workflow.items() if node["class_type"] == class_type]
+
+    answer = post_prompt(server.url, workflow)
+    assert "prompt_id" not in answer, f"queued: {answer}"
+    assert list(answer["node_errors"]) == [node_id], answer
+    errors = answer["node_errors"][node_id]["errors"]
+    assert {error["extra_info"]["input_name"] for error in errors} == {input_name}, errors
+    display = server.get_json(f"/object_info/{class_type}")[class_type]["display_name"]
+    for error in errors:
+        if error["type"] == "custom_validation_failed":  # our VALIDATE_INPUTS; a list input gets value_not_in_list
+            assert error["details"].startswith(f"{input_name} - {display}: {input_name} '{value}' is "), error
+        else:
+            assert error["type"] == "value_not_in_list", error
+    assert not list(server.sandbox.root.glob("escaped*"))

@@ -1,10 +1,13 @@
 """ComfyUI nodes called directly (no ComfyUI needed) on tiny RANDOM weights, and their declared contracts."""
 
 import inspect
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -68,12 +71,15 @@ def test_registering_the_nodes_loads_no_model_libraries():
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, random_models, media):
-    """Outside ComfyUI: models from $MUSETALK_MODELS_DIR, the input folder is the working directory."""
+    """Outside ComfyUI: models from $MUSETALK_MODELS_DIR, the input folder is the working directory.
+
+    The media are copied: links to files outside the input folder are refused.
+    """
     monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_models))
     monkeypatch.chdir(tmp_path)
     for name in ("talking_closeup.mp4", "face_still.png"):
-        (tmp_path / name).symlink_to(media / name)
-    (tmp_path / "landmarks").symlink_to(media / "landmarks")
+        shutil.copy(media / name, tmp_path / name)
+    shutil.copytree(media / "landmarks", tmp_path / "landmarks")
     return tmp_path
 
 
@@ -294,8 +300,8 @@ def test_missing_weights_fail_only_the_loader(tmp_path, monkeypatch):
 def test_load_avatar_validation(workspace):
     cls = NODES["MuseTalkLoadAvatar"]
     assert cls.VALIDATE_INPUTS(file="talking_closeup.mp4") is True
-    assert "not found" in cls.VALIDATE_INPUTS(file="nope.mp4")
-    with pytest.raises(ValueError, match="Connect an IMAGE"):
+    assert "'nope.mp4' is not a file in ComfyUI's input folder" in cls.VALIDATE_INPUTS(file="nope.mp4")
+    with pytest.raises(ValueError, match="MuseTalk Load Avatar: connect an IMAGE"):
         avatar()
 
 
@@ -306,3 +312,192 @@ def test_output_link_detection():
     prompt = {"3": {"inputs": {"images": ["2", 0], "fps": 25}}, "4": {"inputs": {"frames": ["2", 1]}}}
     assert runtime.output_is_linked(prompt, "2", 0) and runtime.output_is_linked(prompt, "2", 1)
     assert not runtime.output_is_linked(prompt, "2", 2) and runtime.output_is_linked(None, "2", 0)
+
+
+# File-name inputs stay in ComfyUI's folders --------------------------------------------------------------------
+
+# Every node input that names a file, and the folder it is confined to.
+NAME_INPUTS = {
+    ("MuseTalkLoadAvatar", "file"): "input", ("MuseTalkLoadAvatar", "landmarks_file"): "input",
+    ("MuseTalkDub", "file"): "input", ("MuseTalkDub", "landmarks_file"): "input",
+    ("MuseTalkVideoCombine", "filename_prefix"): "output",
+}
+INPUT_FILES = sorted(key for key, folder in NAME_INPUTS.items() if folder == "input")
+SUFFIX = {"file": ".mp4", "landmarks_file": ".json"}
+# Values refused for an input file ({s}: the input's suffix, {root}: the folder holding input/, output/, temp/).
+OUTSIDE = ["../x{s}", "../../etc/passwd", "{root}/x{s}", "link{s}", "linked_dir/x{s}", "sub/../clip{s}",
+           "../x{s} [output]", "..\\x{s}"]
+MISSING = ["missing{s}", "clip{s} [nonsense]", "sub", "x{s} [output]"]
+# Accepted (the annotated ones only at execution for a list input, see test_annotated_names_of_a_list_input).
+ACCEPTED = ["clip{s}", "sub/clip{s}", "inner{s}", "clip{s} [input]", "done{s} [output]", "t{s} [temp]"]
+
+
+def runtime_module():
+    from importlib import import_module
+
+    return import_module(PACK.__name__ + ".nodes.runtime")
+
+
+@pytest.fixture
+def comfyui_folders(tmp_path, monkeypatch):
+    """A fake ``folder_paths`` with input/, output/ and temp/ under ``tmp_path/comfyui``, files in and around them.
+
+    In each folder: ``clip``, ``sub/clip``, ``done`` (output) or ``t`` (temp) as .mp4 and .json; in input/ also
+    ``inner`` (a link to ``clip``), ``link`` (a link to ``../x``) and ``linked_dir`` (a link to ``..``).
+    """
+    root = tmp_path / "comfyui"
+    folders = {name: root / name for name in ("input", "output", "temp")}
+    for suffix in (".mp4", ".json"):
+        for path in (root / f"x{suffix}", folders["input"] / f"clip{suffix}",
+                     folders["input"] / "sub" / f"clip{suffix}", folders["output"] / f"done{suffix}",
+                     folders["temp"] / f"t{suffix}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+        (folders["input"] / f"inner{suffix}").symlink_to(f"clip{suffix}")
+        (folders["input"] / f"link{suffix}").symlink_to(root / f"x{suffix}")
+    for folder in ("input", "output"):
+        (folders[folder] / "linked_dir").symlink_to(root, target_is_directory=True)
+    monkeypatch.setattr(runtime_module(), "folder_paths", SimpleNamespace(
+        get_input_directory=lambda: str(folders["input"]), get_output_directory=lambda: str(folders["output"]),
+        get_temp_directory=lambda: str(folders["temp"])))
+    return folders
+
+
+def validation_errors(node_id: str, values: dict) -> dict[str, list[str]]:
+    """The errors ComfyUI's validation (``execution.validate_inputs``) attaches to each input for constant values.
+
+    Inputs named by ``VALIDATE_INPUTS`` all get its verdict; the others are checked against their list of options.
+    """
+    cls = NODES[node_id]
+    declared = cls.INPUT_TYPES()
+    specs = {**declared["required"], **declared.get("optional", {})}
+    validate = getattr(cls, "VALIDATE_INPUTS", None)
+    named = set(inspect.getfullargspec(validate).args) if validate else set()
+    errors: dict[str, list[str]] = {}
+    for name, value in values.items():
+        if name not in named and isinstance(specs[name][0], list) and value not in specs[name][0]:
+            errors.setdefault(name, []).append(f"Value not in list: {name}: {value!r}")
+    checked = {name: value for name, value in values.items() if name in named}
+    if checked and (verdict := validate(**checked)) is not True:
+        for name in checked:
+            errors.setdefault(name, []).append(f"{name} - {verdict}")
+    return errors
+
+
+def fill(template: str, folders: dict, input_name: str) -> str:
+    return template.format(s=SUFFIX.get(input_name, ""), root=folders["input"].parent)
+
+
+def test_every_file_name_input_is_confined():
+    for node_id, cls in NODES.items():
+        declared = cls.INPUT_TYPES()
+        for name, spec in {**declared["required"], **declared.get("optional", {})}.items():
+            options = spec[1] if len(spec) > 1 else {}
+            names_a_file = (spec[0] == "STRING" or any(word in name for word in ("file", "path", "prefix"))
+                            or any(options.get(key) for key in ("image_upload", "video_upload", "audio_upload")))
+            assert names_a_file == ((node_id, name) in NAME_INPUTS), f"{node_id}.{name}: add it to NAME_INPUTS"
+
+
+@pytest.mark.parametrize("node_id", sorted(NODES))
+def test_validate_inputs_names_one_input(node_id):
+    """ComfyUI attaches a VALIDATE_INPUTS refusal to every input it names (to all inputs with ``**kwargs``)."""
+    validate = getattr(NODES[node_id], "VALIDATE_INPUTS", None)
+    if validate is not None:
+        spec = inspect.getfullargspec(validate)
+        assert spec.varkw is None and len(spec.args) == 2 and (node_id, spec.args[1]) in NAME_INPUTS
+        assert validate() is True  # the input is missing or linked: ComfyUI reports that itself
+
+
+@pytest.mark.parametrize("template", OUTSIDE + MISSING)
+@pytest.mark.parametrize("node_id, input_name", INPUT_FILES)
+def test_names_outside_the_input_folder_are_refused_on_that_input(comfyui_folders, node_id, input_name, template):
+    value = fill(template, comfyui_folders, input_name)
+    good = {"file": "clip.mp4", "landmarks_file": "clip.json"}
+    errors = validation_errors(node_id, {**good, input_name: value, "face_backend": "landmarks file"})
+    assert list(errors) == [input_name]
+    display = PACK.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+    problem = "is outside ComfyUI's" if template in OUTSIDE else "is not a file in ComfyUI's"
+    if input_name == "file":
+        assert errors["file"][0].startswith(f"file - {display}: file '{value}' {problem}")
+    error = PermissionError if template in OUTSIDE else FileNotFoundError
+    with pytest.raises(error) as refusal:
+        runtime_module().resolve_input_file(value, display, input_name)
+    assert str(refusal.value).startswith(f"{display}: {input_name} '{value}' {problem}")
+    assert str(refusal.value).endswith("put the file in input/ and pick it from the list.")
+
+
+@pytest.mark.parametrize("template", ACCEPTED)
+@pytest.mark.parametrize("node_id, input_name", INPUT_FILES)
+def test_names_in_comfyui_folders_are_accepted(comfyui_folders, node_id, input_name, template):
+    value = fill(template, comfyui_folders, input_name)
+    path = runtime_module().resolve_input_file(value, "node", input_name)
+    assert path.is_file() and any(path.parent.is_relative_to(folder) for folder in comfyui_folders.values())
+    errors = validation_errors(node_id, {"file": "clip.mp4", "landmarks_file": "clip.json", input_name: value})
+    annotated_list_value = input_name == "landmarks_file" and value.endswith("]")
+    assert list(errors) == (["landmarks_file"] if annotated_list_value else [])
+
+
+def test_annotated_names_of_a_list_input(comfyui_folders):
+    """``landmarks_file`` is a list ComfyUI checks (one VALIDATE_INPUTS per node checks ``file``): it offers the
+    input folder's JSON files, links to elsewhere left out; annotated names pass only when the node runs."""
+    required = NODES["MuseTalkLoadAvatar"].INPUT_TYPES()["required"]
+    assert required["file"][0] == ["", "clip.mp4", "inner.mp4"]
+    assert required["landmarks_file"][0] == ["", "clip.json", "inner.json", "sub/clip.json"]
+    assert runtime_module().resolve_input_file("done.json [output]", "node", "landmarks_file").parent == \
+        comfyui_folders["output"]
+
+
+@pytest.mark.parametrize("node_id", ["MuseTalkLoadAvatar", "MuseTalkDub"])
+def test_a_missing_video_flags_only_the_file_input(comfyui_folders, node_id):
+    values = {"file": "gone.mp4", "landmarks_file": "clip.json", "face_backend": "landmarks file"}
+    assert list(validation_errors(node_id, values)) == ["file"]
+    assert list(validation_errors(node_id, {**values, "file": "clip.mp4", "landmarks_file": "gone.json"})) == \
+        ["landmarks_file"]
+    assert validation_errors(node_id, {**values, "file": "", "landmarks_file": ""}) == {}
+
+
+def test_load_avatar_refuses_outside_names_when_it_runs(comfyui_folders):
+    with pytest.raises(PermissionError, match=r"^MuseTalk Load Avatar: file '\.\./x\.mp4' is outside ComfyUI's input"):
+        avatar("../x.mp4")
+    images = torch.zeros(2, 16, 16, 3)
+    with pytest.raises(PermissionError, match=r"^MuseTalk Load Avatar: landmarks_file '/etc/passwd' is outside"):
+        avatar(landmarks_file="/etc/passwd", images=images)
+    with pytest.raises(FileNotFoundError, match=r"landmarks_file 'gone\.json' is not a file"):
+        avatar(landmarks_file="gone.json", images=images)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("not json", r"is not JSON \(Expecting value at line 1, column 1\)"),
+    (b"\xff\xfe\x00", "is not a text file"),
+    ('{"frame": []}', r"is not a landmarks file \(expected a top-level 'frames' list\)"),
+    ('{"frames": [{"faces": [{"landmarks": [[0, 0]]}]}]}',
+     r"is not a landmarks file \(frame 0 has landmarks of shape \(1, 2\), not 68x2\)"),
+    ('{"frames": [{"faces": [{}]}]}', r"is not a landmarks file \(expected a 'frames' list of"),
+    ('{"frames": []}', r"covers 0 frames but the source has 2; pick the landmarks of this video"),
+])
+def test_a_bad_landmarks_file_is_named_and_explained(comfyui_folders, content, problem):
+    path = comfyui_folders["input"] / "marks.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as refusal:
+        avatar(landmarks_file="marks.json", images=torch.zeros(2, 16, 16, 3))
+    message = str(refusal.value)
+    assert message.startswith("MuseTalk Load Avatar: landmarks_file 'marks.json' ") and str(path) not in message
+    assert re.search(problem, message)
+
+
+@pytest.mark.parametrize("prefix", ["../x", "../../etc/x", "{root}/x", "a/../../x", "sub/../x", "linked_dir/x",
+                                    "..\\x"])
+def test_output_prefixes_outside_the_output_folder_are_refused(comfyui_folders, prefix):
+    prefix = fill(prefix, comfyui_folders, "filename_prefix")
+    assert validation_errors("MuseTalkVideoCombine", {"filename_prefix": prefix}) == {"filename_prefix": [
+        f"filename_prefix - MuseTalk Video Combine: filename_prefix '{prefix}' is outside ComfyUI's output folder; "
+        "use a relative name such as MuseTalk/dub."]}
+    before = sorted(comfyui_folders["input"].parent.rglob("*"))
+    with pytest.raises(PermissionError, match="^MuseTalk Video Combine: filename_prefix"):
+        node("MuseTalkVideoCombine").combine(25.0, prefix, 18, images=torch.zeros(1, 8, 8, 3))
+    assert sorted(comfyui_folders["input"].parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize("prefix", ["MuseTalk/dub", "dub", "%date:yyyy-MM-dd%/dub", ""])
+def test_output_prefixes_inside_the_output_folder_are_accepted(comfyui_folders, prefix):
+    assert validation_errors("MuseTalkVideoCombine", {"filename_prefix": prefix}) == {}
