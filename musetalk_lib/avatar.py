@@ -148,6 +148,15 @@ class FaceTrack:
             ranges.append((start, self.num_frames - 1))
         return ranges
 
+    def face_summary(self) -> str:
+        """One line for the user: in how many frames the face was found, and which frames pass through."""
+        found = int(self.has_face.sum())
+        if found == self.num_frames:
+            return f"Face found in all {self.num_frames} frames."
+        ranges = ", ".join(f"{first}" if first == last else f"{first}-{last}" for first, last in self.missing_ranges())
+        return (f"Face found in {found} of {self.num_frames} frames; frames {ranges} have no face and pass "
+                "through unchanged.")
+
 
 def detect_faces(source: FrameSource, detector: FaceDetector, batch_size: int = 8,
                  progress: Progress | None = None) -> list[list[Face]]:

@@ -449,7 +449,7 @@ def dub(
     timings["avatar"] = time.perf_counter() - started
     check_faces_found(avatar.track, options.allow_no_face)
     if avatar.track.missing_ranges():
-        logger.warning("No face in source frames %s: they pass through unchanged.", avatar.track.missing_ranges())
+        logger.warning(avatar.track.face_summary())
 
     started = time.perf_counter()
     fps = float(source.frame_rate)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -86,22 +85,14 @@ def open_frames(images, file: str, fps: float, node: str):
 
 def read_landmarks(name: str, node: str) -> list[list[Face]]:
     """The faces per frame of the landmarks JSON ``name`` (input ``landmarks_file``), with errors naming it."""
-    from ..musetalk_lib.faces import load_landmarks_json
+    from ..musetalk_lib.faces import LandmarksError, load_landmarks_json
 
     path = resolve_input_file(name, node, "landmarks_file")
     try:
         return load_landmarks_json(path)
-    except json.JSONDecodeError as error:
-        problem = f"is not JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-    except UnicodeDecodeError:
-        problem = "is not a text file"
-    except ValueError as error:  # the library's format checks (their message starts with the full path)
-        detail = str(error).replace(str(path), "").lstrip(": ").removeprefix("is not a landmark file: ")
-        problem = f"is not a landmarks file ({detail})"
-    except (AttributeError, KeyError, TypeError):
-        problem = "is not a landmarks file (expected a 'frames' list of {'faces': [{'landmarks': 68 [x, y]}]})"
-    raise ValueError(f"{node}: landmarks_file '{name}' {problem}; pick a 68-point landmarks JSON "
-                     "or another face backend.")
+    except LandmarksError as error:  # its message names the file by its full path: name the input instead
+        problem = str(error).replace(str(path), f"landmarks_file '{name}'")
+    raise ValueError(f"{node}: {problem} Pick a 68-point landmarks JSON or another face backend.")
 
 
 def face_detector(backend: str) -> FaceDetector:
@@ -131,8 +122,14 @@ def face_detector(backend: str) -> FaceDetector:
 
 
 def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str):
-    """Detect (or read) the faces of every source frame and derive the crop track."""
+    """Detect (or read) the faces of every source frame and derive the crop track.
+
+    A face choice that selects nothing, or no face in any frame (nothing
+    would be dubbed), stops the node with the library's message.
+    """
     from ..musetalk_lib.avatar import build_track, detect_faces
+    from ..musetalk_lib.faces import FaceSelectionError
+    from ..musetalk_lib.pipeline import NoFaceError, check_faces_found
 
     if face_backend == LANDMARKS_FILE:
         if not landmarks_file:
@@ -143,7 +140,12 @@ def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_
                              f"has {source.num_frames}; pick the landmarks of this video.")
     else:
         faces = detect_faces(source, face_detector(face_backend), batch_size, progress)
-    return build_track(faces, source.width, source.height, settings)
+    try:
+        track = build_track(faces, source.width, source.height, settings)
+        check_faces_found(track)
+    except (FaceSelectionError, NoFaceError) as error:
+        raise ValueError(f"{node}: {error}") from None
+    return track
 
 
 def files_identity(node: str, **names: str) -> str:
@@ -230,5 +232,6 @@ class MuseTalkLoadAvatar:
                                    smoothing)
         track = track_faces(source, face_backend, landmarks_file, settings, 8, Progress(unique_id), self.DISPLAY_NAME)
         shown = preview(source, track)
-        return (AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
-                float(source.frame_rate), source.num_frames)
+        result = (AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
+                  float(source.frame_rate), source.num_frames)
+        return {"ui": {"text": [track.face_summary()]}, "result": result}

@@ -72,8 +72,7 @@ class MuseTalkDub:
                                    smoothing)
         track = track_faces(source, face_backend, landmarks_file, settings, batch_size, progress,
                             self.DISPLAY_NAME)
-        if not track.has_face.any():
-            logger.warning("MuseTalk Dub: no face found in any frame; the frames pass through unchanged.")
+        notes = [track.face_summary()]
 
         samples, sample_rate = audio_samples(audio)
         speech = to_whisper_input(samples, sample_rate)
@@ -86,6 +85,7 @@ class MuseTalkDub:
         plan = OutputPlan.build(features.num_frames, track.has_face, length_policy)
         predicted = predict_all(unet.ready(), faces, features, plan, batch_size, progress)
         if face_parser is None and mask_mode != "landmarks":
+            notes.append(f"No face parser connected: the landmark mask was used instead of '{mask_mode}'.")
             mask_mode = "landmarks"
         masks = BlendMasks(track, settings, mask_mode, face_parser.ready() if face_parser is not None else None)
         stream = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
@@ -95,5 +95,7 @@ class MuseTalkDub:
         duration = plan.num_frames / rate
         speech_out = samples[:, :round(duration * sample_rate)]
         if unet.random_weights or vae.random_weights or whisper.random_weights:
-            logger.warning("MuseTalk Dub: RANDOM weights in use; the output is not lip-synced.")
-        return (images_out, audio_value(speech_out, sample_rate), rate, stream)
+            notes.append("RANDOM weights in use: the output is not lip-synced.")
+        for note in notes[1:]:
+            logger.warning("%s: %s", self.DISPLAY_NAME, note)
+        return {"ui": {"text": notes}, "result": (images_out, audio_value(speech_out, sample_rate), rate, stream)}

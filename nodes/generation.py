@@ -159,8 +159,9 @@ class MuseTalkBlendMouth:
 
         prediction = predicted_latents
         avatar = prediction.avatar
+        notes = [avatar.track.face_summary()]
         if face_parser is None and mask_mode != "landmarks":
-            logger.info("MuseTalk Blend Mouth: no face parser connected, using the landmark mask.")
+            notes.append(f"No face parser connected: the landmark mask was used instead of '{mask_mode}'.")
             mask_mode = "landmarks"
         masks = BlendMasks(avatar.track, replace(avatar.settings, cheek_width=cheek_width), mask_mode,
                            face_parser.ready() if face_parser is not None else None)
@@ -174,5 +175,7 @@ class MuseTalkBlendMouth:
                              avatar.source.frame_rate, produce)
         images, stream = image_and_stream(stream, output_is_linked(prompt, unique_id, 0), even=pad_to_even)
         if prediction.random_weights:
-            logger.warning("MuseTalk: generated with RANDOM weights; the mouth is not lip-synced.")
-        return (images, stream, avatar.fps)
+            notes.append("RANDOM weights in use: the output is not lip-synced.")
+        for note in notes[1:]:
+            logger.warning("MuseTalk Blend Mouth: %s", note)
+        return {"ui": {"text": notes}, "result": (images, stream, avatar.fps)}

@@ -126,7 +126,15 @@ AVATAR_ARGS = dict(face_backend="landmarks file", bbox_shift=0, extra_margin=10,
 
 def avatar(file="", landmarks_file="", fps=25.0, **overrides):
     return node("MuseTalkLoadAvatar").load(file=file, fps=fps, landmarks_file=landmarks_file,
-                                           **{**AVATAR_ARGS, **overrides})
+                                           **{**AVATAR_ARGS, **overrides})["result"]
+
+
+def dub(*args, **kwargs):
+    return node("MuseTalkDub").dub(*args, **kwargs)["result"]
+
+
+def blend(*args, **kwargs):
+    return node("MuseTalkBlendMouth").blend(*args, **kwargs)["result"]
 
 
 def probe(path):
@@ -143,8 +151,7 @@ def test_composable_blocks_make_a_video(workspace, loaded, media):
     latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 8)
     predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 8, "pingpong")
     assert predicted.latents.shape == (frames, 4, 32, 32)
-    images, stream, out_fps = node("MuseTalkBlendMouth").blend(predicted, loaded["vae"], "landmarks", "normal", 90, 8,
-                                                               True)
+    images, stream, out_fps = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 8, True)
     assert images.shape == (frames, 350, 350, 3) and out_fps == 15.0
     result = node("MuseTalkVideoCombine").combine(out_fps, "MuseTalk/test", 23, frames=stream,
                                                   audio=audio_value(media / "speech_short.wav"))
@@ -164,8 +171,8 @@ def test_blend_mouth_builds_images_only_when_they_are_used(workspace, loaded, me
     latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
     predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
     prompt = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
-    images, stream, _ = node("MuseTalkBlendMouth").blend(predicted, loaded["vae"], "jaw", "realtime", 90, 4, True,
-                                                         face_parser=loaded["parser"], unique_id="5", prompt=prompt)
+    images, stream, _ = blend(predicted, loaded["vae"], "jaw", "realtime", 90, 4, True,
+                              face_parser=loaded["parser"], unique_id="5", prompt=prompt)
     assert images is None and len(list(stream)) == frames == 19
 
 
@@ -186,7 +193,6 @@ def test_blend_mouth_decodes_once_for_both_outputs(workspace, loaded, media, dec
         loaded["whisper"], audio_value(media / "speech_short.wav"), 25.0, 2, 2, True)
     latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
     predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
-    blend = node("MuseTalkBlendMouth").blend
     only_frames = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
     _, stream, _ = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 4, True, unique_id="5", prompt=only_frames)
     streamed = list(stream)
@@ -200,7 +206,7 @@ def test_blend_mouth_decodes_once_for_both_outputs(workspace, loaded, media, dec
 
 
 def test_dub_node_decodes_once_for_both_outputs(workspace, loaded, media, decode_calls):
-    images, _, _, stream = node("MuseTalkDub").dub(
+    images, _, _, stream = dub(
         loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), "face_still.png",
         25.0, mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
         landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
@@ -234,8 +240,8 @@ def test_face_detector_is_managed_and_kept_between_runs(workspace, random_face_a
     monkeypatch.setattr(detection, "create_detector", lambda *args: built.append(args) or create(*args))
     monkeypatch.setattr(runtime.ManagedModel, "ready", lambda self: readied.append(self.kind) or ready(self))
     for _ in range(2):
-        value, *_ = avatar("face_still.png", face_backend="face-alignment")
-        assert not value.track.has_face.any()  # the random S3FD finds nothing
+        with pytest.raises(ValueError, match="MuseTalk Load Avatar: No face found in any"):  # the random S3FD
+            avatar("face_still.png", face_backend="face-alignment")
     assert len(built) == 1 and built[0][0] == "face-alignment" and built[0][2] == runtime.offload_device()
     assert readied == ["face-alignment", "face-alignment"]  # moved to the compute device before each detection
     _, managed = nodes_avatar._detectors["face-alignment"]
@@ -255,7 +261,7 @@ def test_dub_node_returns_matching_frames_and_audio(workspace, loaded, media):
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     images = torch.from_numpy(frames).float() / 255
     speech = audio_value(media / "speech_44k_stereo.wav")
-    out_images, out_audio, fps, stream = node("MuseTalkDub").dub(
+    out_images, out_audio, fps, stream = dub(
         loaded["unet"], loaded["vae"], loaded["whisper"], speech, "", 15.0, mask_mode="landmarks", blend="normal",
         length_policy="trim", batch_size=8, images=images, landmarks_file="landmarks/talking_closeup.json",
         **AVATAR_ARGS)
@@ -274,7 +280,7 @@ def test_image_batch_input_and_odd_sizes_pad_to_even(workspace, loaded, media):
     data = json.loads((media / "landmarks" / "odd_size.json").read_text())
     data["frames"] = data["frames"][:4]
     landmarks.write_text(json.dumps(data))
-    out_images, *_ = node("MuseTalkDub").dub(
+    out_images, *_ = dub(
         loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), "", 15.0,
         mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8, images=images,
         landmarks_file=str(landmarks), **AVATAR_ARGS)
@@ -467,12 +473,12 @@ def test_load_avatar_refuses_outside_names_when_it_runs(comfyui_folders):
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("not json", r"is not JSON \(Expecting value at line 1, column 1\)"),
-    (b"\xff\xfe\x00", "is not a text file"),
-    ('{"frame": []}', r"is not a landmarks file \(expected a top-level 'frames' list\)"),
+    ("not json", r"is not a landmark file: invalid JSON at line 1, column 1 \(Expecting value\)"),
+    (b"\xff\xfe\x00", r"is not a landmark file \(not UTF-8 text\)"),
+    ('{"frame": []}', r"is not a landmark file: expected a top-level 'frames' list"),
     ('{"frames": [{"faces": [{"landmarks": [[0, 0]]}]}]}',
-     r"is not a landmarks file \(frame 0 has landmarks of shape \(1, 2\), not 68x2\)"),
-    ('{"frames": [{"faces": [{}]}]}', r"is not a landmarks file \(expected a 'frames' list of"),
+     r"'marks.json': frame 0, landmarks: shape \(1, 2\), expected 68x2"),
+    ('{"frames": [{"faces": [{}]}]}', r"'marks.json': frame 0, landmarks: shape \(\), expected 68x2"),
     ('{"frames": []}', r"covers 0 frames but the source has 2; pick the landmarks of this video"),
 ])
 def test_a_bad_landmarks_file_is_named_and_explained(comfyui_folders, content, problem):
@@ -481,7 +487,7 @@ def test_a_bad_landmarks_file_is_named_and_explained(comfyui_folders, content, p
     with pytest.raises(ValueError) as refusal:
         avatar(landmarks_file="marks.json", images=torch.zeros(2, 16, 16, 3))
     message = str(refusal.value)
-    assert message.startswith("MuseTalk Load Avatar: landmarks_file 'marks.json' ") and str(path) not in message
+    assert message.startswith("MuseTalk Load Avatar: landmarks_file 'marks.json'") and str(path) not in message
     assert re.search(problem, message)
 
 
@@ -501,3 +507,30 @@ def test_output_prefixes_outside_the_output_folder_are_refused(comfyui_folders, 
 @pytest.mark.parametrize("prefix", ["MuseTalk/dub", "dub", "%date:yyyy-MM-dd%/dub", ""])
 def test_output_prefixes_inside_the_output_folder_are_accepted(comfyui_folders, prefix):
     assert validation_errors("MuseTalkVideoCombine", {"filename_prefix": prefix}) == {}
+
+
+def test_what_happened_is_shown_on_the_node_and_kept_in_history(workspace, loaded, media):
+    shutil.copy(media / "two_faces.mp4", workspace / "two_faces.mp4")
+    loaded_avatar = node("MuseTalkLoadAvatar").load(file="two_faces.mp4", fps=25.0,
+                                                    landmarks_file="landmarks/two_faces.json",
+                                                    **{**AVATAR_ARGS, "face_selection": "index", "face_index": 1})
+    summary, = loaded_avatar["ui"]["text"]
+    assert summary.startswith("Face found in ") and "frames 0-" in summary and "pass through unchanged" in summary
+    dubbed = node("MuseTalkDub").dub(
+        loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), "face_still.png",
+        25.0, mask_mode="jaw", blend="normal", length_policy="pingpong", batch_size=8,
+        landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    assert dubbed["ui"]["text"] == ["Face found in all 1 frames.",
+                                    "No face parser connected: the landmark mask was used instead of 'jaw'.",
+                                    "RANDOM weights in use: the output is not lip-synced."]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({}, "MuseTalk Load Avatar: No face found in any of the"),
+    ({"face_selection": "index", "face_index": 7}, "MuseTalk Load Avatar: Face index 7 selects no face"),
+])
+def test_a_face_that_is_in_no_frame_stops_the_node(workspace, media, overrides, message):
+    clip, landmarks = ("no_face", "no_face") if not overrides else ("two_faces", "two_faces")
+    shutil.copy(media / f"{clip}.mp4", workspace / f"{clip}.mp4")
+    with pytest.raises(ValueError, match=message):
+        avatar(f"{clip}.mp4", f"landmarks/{landmarks}.json", **overrides)
