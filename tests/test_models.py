@@ -137,7 +137,7 @@ def test_face_parser_loads_a_legacy_format_file(tmp_path, files):
 
 
 def test_face_parser_rejects_other_weights(files):
-    with pytest.raises(ValueError, match="not a BiSeNet"):
+    with pytest.raises(ValueError, match="does not match the BiSeNet"):
         load_face_parser(files.unet_weights)
 
 
