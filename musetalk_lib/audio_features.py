@@ -22,9 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import WhisperFeatureExtractor, WhisperModel
+from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .audio_io import WHISPER_SAMPLE_RATE
+from .checkpoint import load_model_weights
+from .weights import first_existing
 
 __all__ = [
     "FEATURE_RATE",
@@ -38,20 +41,49 @@ FEATURE_RATE = 50  # Whisper encoder frames per second
 SEGMENT_SECONDS = 30
 SEGMENT_SAMPLES = SEGMENT_SECONDS * WHISPER_SAMPLE_RATE
 DEFAULT_CONTEXT = 2  # official audio_padding_length_left / _right, in video frames
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first, as transformers does
+UNUSED_WEIGHTS = ("decoder.", "proj_out.")  # the parts of a Whisper checkpoint MuseTalk does not run
 
 
 def load_whisper(folder: str | os.PathLike, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> WhisperAudioEncoder:
-    """Load the Whisper encoder and its feature extractor from a local Hugging Face folder."""
-    folder = os.fspath(folder)
-    model, info = WhisperModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
-    # The decoder is never used, so only encoder weights have to be complete.
-    missing = [key for key in info["missing_keys"] if "encoder" in key] + list(info["mismatched_keys"])
-    if missing:
-        raise ValueError(f"Whisper encoder weights in {folder} do not match its config.json: {missing}")
+    """Build the Whisper encoder from a local Hugging Face folder's ``config.json``, load its weights and the
+    feature extractor (``preprocessor_config.json``).
+
+    The weights are ``model.safetensors`` or, without it, ``pytorch_model.bin``,
+    read by :mod:`.checkpoint` (no code in a pickle ever runs): a
+    ``WhisperModel`` checkpoint, or a ``WhisperForConditionalGeneration`` one
+    like the official whisper-tiny file (``model.``-prefixed names plus
+    ``proj_out``). Every encoder weight must be there with the config's shape;
+    the decoder's weights are not loaded (MuseTalk never runs the decoder).
+
+    Raises:
+        FileNotFoundError: no weights file in ``folder``.
+        CheckpointError: the weights file is damaged, unsafe, or does not match ``config.json``.
+    """
+    weights = first_existing(folder, WEIGHTS_FILES, "Whisper weights")
+    config = WhisperConfig.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        encoder = WhisperEncoder(config)
+    load_model_weights(encoder, weights, dtype, convert=_encoder_weights,
+                       hint=f"Check that it comes with {os.path.join(folder, 'config.json')}.")
     extractor = WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True)
-    encoder = model.get_encoder().to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return WhisperAudioEncoder(encoder, extractor)
+    return WhisperAudioEncoder(encoder.to(device).eval().requires_grad_(False), extractor)
+
+
+def _encoder_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder's weights under the encoder's own names; the decoder's and the output projection's are dropped.
+
+    Any other weight is kept under its name, so that it is reported as unexpected.
+    """
+    encoder = {}
+    for name, tensor in state_dict.items():
+        name = name.removeprefix("model.")
+        if name.startswith("encoder."):
+            encoder[name.removeprefix("encoder.")] = tensor
+        elif not name.startswith(UNUSED_WEIGHTS):
+            encoder[name] = tensor
+    return encoder
 
 
 class WhisperAudioEncoder(nn.Module):

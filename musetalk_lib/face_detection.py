@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from .checkpoint import load_state_dict
+from .checkpoint import load_model_weights
 from .faces import Face
 from .options import FACE_BACKENDS
 from .weights import locate, path_identity
@@ -70,14 +70,6 @@ def preserved_cudnn_benchmark() -> Iterator[None]:
         torch.backends.cudnn.benchmark = saved
 
 
-def _load_weights(net: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    try:
-        net.load_state_dict(load_state_dict(path))
-    except RuntimeError as error:
-        raise ValueError(f"{path} does not hold the expected {type(net).__name__} weights: {error}") from error
-    return net
-
-
 class FaceAlignmentDetector(torch.nn.Module):
     """S3FD boxes + 2D-FAN landmarks, batched, built from the face-alignment package's networks.
 
@@ -101,8 +93,8 @@ class FaceAlignmentDetector(torch.nn.Module):
         self.detection_size = detection_size
         self.score_threshold = score_threshold
         self.landmark_batch_size = landmark_batch_size
-        self.detector = _load_weights(s3fd(), detector_weights)
-        self.landmark_net = _load_weights(FAN(4), landmark_weights)
+        self.detector = load_model_weights(s3fd(), detector_weights, torch.float32)
+        self.landmark_net = load_model_weights(FAN(4), landmark_weights, torch.float32)
         self.identity = f"face-alignment;{detection_size};{path_identity(detector_weights)};{path_identity(landmark_weights)}"
         self.to(device).eval()
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import load_state_dict
+from .checkpoint import load_model_weights
 from .devices import run_with_fp16_fallback
 from .weights import path_identity
 
@@ -156,10 +156,7 @@ def load_face_parser(path: str | os.PathLike, device: str | torch.device = "cpu"
     """Load ``79999_iter.pth`` (or its safetensors conversion) strictly, without unsafe unpickling."""
     with torch.device("meta"):
         net = BiSeNet()
-    try:
-        net.load_state_dict(load_state_dict(path, dtype=dtype), strict=True, assign=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path} is not a BiSeNet face-parsing state dict: {error}") from error
+    load_model_weights(net, path, dtype)
     # Wrap first, then move: the normalisation buffers must travel with the network.
     return FaceParser(net.eval().requires_grad_(False), weights_id=path_identity(path)).to(device)
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from .checkpoint import load_state_dict
+from .checkpoint import load_model_weights
 
 __all__ = [
     "AUDIO_FEATURE_DIM",
@@ -129,17 +128,14 @@ def load_unet(
 
     ``weights_path`` is ``musetalkV15/unet.pth``, ``musetalk/pytorch_model.bin``
     or a ``.safetensors`` conversion of either.
+
+    Raises:
+        ValueError: the config does not build a MuseTalk UNet.
+        CheckpointError: the weights file is damaged, unsafe, or does not match the config.
     """
-    config = load_unet_config(config_path)
-    unet = build_unet(config, device="meta")
-    state_dict = load_state_dict(weights_path, dtype=dtype)
-    try:
-        unet.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as error:
-        raise ValueError(
-            f"{Path(weights_path).name} does not match {Path(config_path).name}: {error}\n"
-            "Check that the config and the weights come from the same MuseTalk version folder."
-        ) from error
+    unet = build_unet(load_unet_config(config_path), device="meta")
+    load_model_weights(unet, weights_path, dtype, hint=f"Check that it and {config_path} come from the same "
+                                                       "MuseTalk version folder.")
     # Wrap first, then move: the wrapper's buffers (the fixed time embedding, the
     # positional encoding) must travel with the network.
     return MuseTalkUNet(unet.eval().requires_grad_(False)).to(device)

@@ -11,6 +11,7 @@ row the caller needs and decodes from :data:`DECODE_HALO` latent rows above it.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +19,53 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from .checkpoint import load_model_weights
 from .crop import FACE_SIZE
 from .devices import run_with_fp16_fallback
-from .weights import path_identity
+from .weights import first_existing, path_identity
 
 __all__ = ["DECODE_HALO", "LATENT_SCALE", "FaceVAE", "load_vae"]
 
 LATENT_SCALE = 8  # pixels per latent row/column
 DECODE_HALO = 2  # latent rows decoded above the first needed row (see README: partial decode)
 CPU_IMAGES_PER_PASS = 4  # on a CPU (compute-bound, no speed lost) activations stay at ~0.6 GB in fp32
-
-
-def _loading_problems(info: dict) -> list[str]:
-    return [f"{kind}: {', '.join(map(str, keys))}" for kind, keys in info.items() if keys]
+WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # preferred first
+DEPRECATED_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
 def load_vae(folder: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> FaceVAE:
-    """Load an ``AutoencoderKL`` from a local diffusers folder (``config.json`` + weights).
+    """Build the ``AutoencoderKL`` of a local diffusers folder from its ``config.json`` and load its weights.
 
-    ``.safetensors`` weights are preferred; ``.bin`` weights are read with
-    ``torch.load(weights_only=True)``. Every weight must match the config.
+    The weights are ``diffusion_pytorch_model.safetensors`` or, without it,
+    ``diffusion_pytorch_model.bin``, read by :mod:`.checkpoint` (no code in a
+    pickle ever runs). Every weight must match the config. Files written by
+    older diffusers versions, such as sd-vae-ft-mse's, name the mid-block
+    attention ``query``/``key``/``value``/``proj_attn``; those names are mapped
+    to today's.
+
+    Raises:
+        FileNotFoundError: no weights file in ``folder``.
+        CheckpointError: the weights file is damaged, unsafe, or does not match ``config.json``.
     """
     folder = Path(folder)
-    vae, info = AutoencoderKL.from_pretrained(
-        os.fspath(folder),
-        local_files_only=True,
-        output_loading_info=True,
-        torch_dtype=dtype,
-        use_safetensors=(folder / "diffusion_pytorch_model.safetensors").is_file(),
-    )
-    problems = _loading_problems(info)
-    if problems:
-        raise ValueError(f"VAE weights in {folder} do not match its config.json: {'; '.join(problems)}")
+    weights = first_existing(folder, WEIGHTS_FILES, "VAE weights")
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, local_files_only=True))
+    rename = partial(_current_attention_names, model_names=set(vae.state_dict()))
+    load_model_weights(vae, weights, dtype, convert=rename, hint=f"Check that it comes with {folder / 'config.json'}.")
     return FaceVAE(vae.to(device).eval().requires_grad_(False), weights_id=path_identity(folder))
+
+
+def _current_attention_names(state_dict: dict[str, torch.Tensor], model_names: set[str]) -> dict[str, torch.Tensor]:
+    """Rename diffusers' deprecated attention weights (``...attentions.0.query.weight``) to the model's names."""
+    renamed = {}
+    for name, tensor in state_dict.items():
+        module, _, leaf = name.rpartition(".")
+        parent, _, child = module.rpartition(".")
+        current = f"{parent}.{DEPRECATED_ATTENTION_NAMES.get(child, child)}.{leaf}"
+        renamed[current if name not in model_names and current in model_names else name] = tensor
+    return renamed
 
 
 class FaceVAE(nn.Module):

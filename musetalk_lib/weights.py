@@ -17,6 +17,7 @@ In ComfyUI the root is ``ComfyUI/models/musetalk``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,10 @@ __all__ = [
     "ModelFiles",
     "WeightFile",
     "find_model_files",
+    "first_existing",
     "locate",
     "path_identity",
+    "replacement_advice",
     "unet_component",
 ]
 
@@ -115,6 +118,59 @@ def path_identity(path: str | Path) -> str:
     path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return ";".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def first_existing(folder: str | os.PathLike, names: Sequence[str], description: str) -> Path:
+    """The first of ``names`` that is a file in ``folder`` (so ``names`` lists the preferred format first).
+
+    Raises:
+        FileNotFoundError: naming every candidate.
+    """
+    folder = Path(folder)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"No {description} in {folder}: expected {' or '.join(names)}.")
+
+
+def _expected_file(path: Path) -> tuple[str, WeightFile, Path | None] | None:
+    """The component and expected file that ``path`` stands for, and the models root it sits under.
+
+    A path ending in a file's place in the layout (``.../whisper/pytorch_model.bin``) gives its root; a
+    distinctive file name alone (``s3fd-619a316812.pth`` in torch hub's folder) gives None as the root.
+    """
+    by_name: dict[str, list[tuple[str, WeightFile]]] = {}
+    for component, items in COMPONENTS.items():
+        for item in items:
+            for relative in map(Path, (item.path, *item.alternatives)):
+                if path.parts[-len(relative.parts):] == relative.parts:
+                    return component, item, path.parents[len(relative.parts) - 1]
+                by_name.setdefault(relative.name, []).append((component, item))
+    candidates = by_name.get(path.name, [])
+    return (*candidates[0], None) if len(candidates) == 1 else None
+
+
+def replacement_advice(path: str | os.PathLike) -> str:
+    """How to get a good copy of the weight file at ``path``, in one or two sentences.
+
+    For a file of the official layout: which file it should be, where it comes from, and the
+    ``musetalk weights`` commands that fetch it again and check it. For RANDOM test weights: the
+    command that writes them again. For any other file: replace it with an intact copy.
+    """
+    path = Path(os.path.abspath(path))
+    expected = _expected_file(path)
+    if expected is None:
+        return "Replace it with an intact copy of the file."
+    component, item, root = expected
+    if root is None:
+        return f"It should be the {item.description} from {item.source}: delete it and download it again."
+    if (root / RANDOM_MARKER).is_file():
+        return (f"It is one of the RANDOM test weights in {root}: write them again with "
+                f"`musetalk weights random {root}`, or replace them all with the official files with "
+                f"`musetalk weights download --models-dir {root}`.")
+    return (f"It should be the {item.description} from {item.source}. Delete it and run "
+            f"`musetalk weights download --models-dir {root} --only {component}` to download it again; "
+            f"`musetalk weights check --models-dir {root}` lists every file with its size and SHA-256.")
 
 
 def unet_component(version: str) -> str:

@@ -1,6 +1,7 @@
 """Audio loading for any rate/format, and the per-frame window rule at any fps."""
 
 import math
+import shutil
 
 import av
 import numpy as np
@@ -212,3 +213,21 @@ def test_the_muxed_track_of_surround_speech_is_a_balanced_stereo_downmix(tmp_pat
     assert abs(20 * math.log10(left / right)) < 0.5  # balanced, not centre-to-left
     expected = math.sqrt(0.5) * float(np.sqrt(np.mean(speech ** 2)))
     assert abs(20 * math.log10(left / expected)) < 1.0
+
+
+@pytest.mark.parametrize("layout", ["conditional-generation", "encoder-only"])
+def test_whisper_loads_the_official_checkpoint_layouts(random_models, whisper, tmp_path, layout):
+    # openai/whisper-tiny's pytorch_model.bin is a WhisperForConditionalGeneration checkpoint: `model.`-prefixed
+    # names plus `proj_out`. Only the encoder is loaded, so its weights alone are enough.
+    folder = tmp_path / "whisper"
+    shutil.copytree(random_models / "whisper", folder)
+    state_dict = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    if layout == "conditional-generation":
+        state_dict = {**{f"model.{name}": tensor for name, tensor in state_dict.items()},
+                      "proj_out.weight": state_dict["decoder.embed_tokens.weight"]}
+    else:
+        state_dict = {name: tensor for name, tensor in state_dict.items() if name.startswith("encoder.")}
+    torch.save(state_dict, folder / "pytorch_model.bin")
+    loaded = load_whisper(folder).encoder.state_dict()
+    assert loaded.keys() == whisper.encoder.state_dict().keys()
+    assert all(torch.equal(tensor, whisper.encoder.state_dict()[name]) for name, tensor in loaded.items())

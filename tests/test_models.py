@@ -2,11 +2,13 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from musetalk_lib.checkpoint import CheckpointError
 from musetalk_lib.face_parsing import load_face_parser
 from musetalk_lib.unet import build_unet, load_unet, load_unet_config, positional_encoding
 from musetalk_lib.vae import load_vae
@@ -106,6 +108,32 @@ def test_vae_reduced_precision(files, faces, dtype):
     assert difference.mean() < 4
 
 
+def test_vae_loads_deprecated_attention_names(files, tmp_path):
+    # Files written by older diffusers (sd-vae-ft-mse's) name the mid-block attention query/key/value/proj_attn.
+    old_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    state_dict = torch.load(files.vae_dir / "diffusion_pytorch_model.bin", weights_only=True)
+    renamed = {}
+    for name, tensor in state_dict.items():
+        for current, old in old_names.items():
+            name = name.replace(f".attentions.0.{current}.", f".attentions.0.{old}.")
+        renamed[name] = tensor
+    assert renamed.keys() != state_dict.keys()
+    folder = tmp_path / "sd-vae"
+    folder.mkdir()
+    shutil.copy(files.vae_dir / "config.json", folder)
+    torch.save(renamed, folder / "diffusion_pytorch_model.bin")
+    loaded, reference = load_vae(folder).vae.state_dict(), load_vae(files.vae_dir).vae.state_dict()
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[name], reference[name]) for name in loaded)
+
+
+def test_vae_prefers_safetensors(files, tmp_path):
+    folder = tmp_path / "sd-vae"
+    shutil.copytree(files.vae_dir, folder)
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors"):
+        load_vae(folder)
+
+
 def test_vae_rejects_wrong_images(files):
     vae = load_vae(files.vae_dir)
     with pytest.raises(ValueError, match="256"):
@@ -137,7 +165,7 @@ def test_face_parser_loads_a_legacy_format_file(tmp_path, files):
 
 
 def test_face_parser_rejects_other_weights(files):
-    with pytest.raises(ValueError, match="not a BiSeNet"):
+    with pytest.raises(ValueError, match="does not match the BiSeNet"):
         load_face_parser(files.unet_weights)
 
 
