@@ -264,7 +264,7 @@ def test_dub_with_a_code_running_whisper_file_prints_one_error(layout, media, tm
                  "--landmarks", str(media / "landmarks" / "talking_closeup.json"), "--device", "cpu",
                  "--cache-dir", str(tmp_path / "avatars")])
     err = capsys.readouterr().err
-    assert code == 2 and not sentinel.exists() and not (tmp_path / "out.mp4").exists()
+    assert code == 1 and not sentinel.exists() and not (tmp_path / "out.mp4").exists()
     assert f"error: Refusing to load {path}" in err
     assert "Traceback" not in err and "weights_only" not in err
 
