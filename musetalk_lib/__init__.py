@@ -9,7 +9,8 @@ Modules, from the numbers up:
 - ``faces``, ``face_detection``, ``crop``, ``face_parsing``, ``blending``: landmarks and face
   choice, detection backends, crop boxes, BiSeNet masks, paste-back.
 - ``video_io``, ``frame_source``: streaming PyAV input/output, video/image/in-memory frames.
-- ``avatar``, ``pipeline``: cached avatars and the streaming dubbing pipeline.
+- ``cache_folder``, ``avatar``, ``pipeline``: checksummed cache folders published by atomic rename,
+  cached avatars, and the streaming dubbing pipeline.
 - ``cli``, ``bench``, ``comfy_client``: the ``musetalk`` command, its benchmark and its ComfyUI client.
 - ``options``, ``devices``: user choices and device/dtype selection.
 

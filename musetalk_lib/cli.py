@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("source", type=Path, metavar="VIDEO_OR_IMAGE")
     _add_model_arguments(prepare)
     _add_face_arguments(prepare)
-    info = avatar_commands.add_parser("info", help="describe a prepared avatar folder")
+    info = avatar_commands.add_parser("info", help="check and describe a prepared avatar folder")
     info.add_argument("folder", type=Path)
 
     weights = commands.add_parser("weights", help="check, download or fake the model weights", epilog=EPILOG,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from musetalk_lib.audio_io import AudioError, load_audio, load_audio_16k
-from musetalk_lib.avatar import AvatarSettings, prepare_avatar
+from musetalk_lib.avatar import FORMAT_VERSION, AvatarSettings, prepare_avatar
 from musetalk_lib.blending import expanded_square
 from musetalk_lib.faces import load_landmarks_json
 from musetalk_lib.frame_source import ArraySource, open_source
@@ -203,7 +203,7 @@ def test_avatar_cache_is_reused_and_invalidated(tiny_models, media, tmp_path, ca
     manifest = json.loads((first.folder / "manifest.json").read_text())
     (first.folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
     assert prepare_avatar(source, tiny_models.vae, tmp_path, FAST,
-                          detector=FixedFaces(faces)).manifest["format_version"] == 1
+                          detector=FixedFaces(faces)).manifest["format_version"] == FORMAT_VERSION
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
