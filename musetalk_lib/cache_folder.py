@@ -30,8 +30,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ABANDONED_AFTER", "check_fields", "checksum", "discard", "publish", "read_verified", "remove_abandoned",
-           "temporary_folder"]
+__all__ = ["ABANDONED_AFTER", "check_fields", "checksum", "discard", "process_running", "publish", "read_verified",
+           "remove_abandoned", "temporary_folder"]
 
 ABANDONED_AFTER = 24 * 3600  # seconds without a change after which any host's temporary folder is removed
 _TEMPORARY = ".partial-"
@@ -113,7 +113,13 @@ def discard(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine may still be running (always ``True`` where it cannot be asked).
+
+    On Windows ``os.kill(pid, 0)`` would terminate the process, so it is never called there.
+    """
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,7 +132,7 @@ def _running(pid: int) -> bool:
 def _abandoned(folder: Path, now: float) -> bool:
     owner = folder.name.rpartition(_TEMPORARY)[2].rsplit("-", 2)  # HOST-PID-TOKEN (host names may hold "-")
     if len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit() and os.name == "posix":
-        return not _running(int(owner[1]))  # (on Windows os.kill(pid, 0) would send a signal)
+        return not process_running(int(owner[1]))
     try:
         return now - folder.stat().st_mtime > ABANDONED_AFTER
     except FileNotFoundError:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .audio_io import downmix_to_stereo
+from .cache_folder import process_running
 from .frame_cache import FrameCache
 
 __all__ = [
@@ -416,16 +417,6 @@ def _partial_name(path: Path) -> str:
     return f".{path.stem}.{socket.gethostname()}-{os.getpid()}.partial{path.suffix}"
 
 
-def _process_is_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
-
-
 def remove_abandoned_partials(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[Path]:
     """Delete the partial files for ``path`` in ``folder`` (default: beside it) whose writer is gone.
 
@@ -442,7 +433,7 @@ def remove_abandoned_partials(path: str | os.PathLike, folder: str | os.PathLike
         match = pattern.fullmatch(candidate.name)
         if match is None or match["host"] not in (None, socket.gethostname()):
             continue
-        if int(match["pid"]) != os.getpid() and _process_is_gone(int(match["pid"])):
+        if int(match["pid"]) != os.getpid() and not process_running(int(match["pid"])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
