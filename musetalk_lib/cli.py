@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--blend", choices=["normal", "realtime"], default="normal",
                             help="blend edge softness: normal (5%% blur) or realtime (10%%)")
     generation.add_argument("--decode", choices=["full", "partial"], default="full",
-                            help="full: decode the whole face (official, default); partial: only the rows the "
-                                 "blend shows (faster, slightly different pixels: see README)")
+                            help="full: decode the whole face (official, default); partial: decode exactly only "
+                                 "the rows the blend shows (faster, slightly different pixels: see README)")
     generation.add_argument("--official-fps", action="store_true",
                             help="truncate fractional frame rates like the official code (29.97 -> 29); "
                                  "drifts out of sync, only for parity checks")

@@ -6,10 +6,11 @@ are pasted into the decoded source frames, and the frames go straight to the
 encoder. Memory therefore stays bounded whatever the length. Blending runs on
 a worker thread while the models work on the next batch.
 
-With ``decode="partial"`` the decoder skips the upper latent rows, which the
-paste never shows (faster, but the decoder's GroupNorm statistics then cover
-less of the face, which shifts the output slightly: see README); the default
-``"full"`` decodes the whole face as the official code does. With the models on a GPU the generated faces stay there: the
+With ``decode="partial"`` the decoder does most of its work only on the face
+rows the paste shows (:class:`~musetalk_lib.vae.PartialDecoder`: faster; the
+rows above go through at a lower resolution, for the GroupNorm statistics, so
+the output changes slightly: see README); the default ``"full"`` decodes the
+whole face as the official code does. With the models on a GPU the generated faces stay there: the
 frames are uploaded once (through a pinned buffer) and pasted on the device
 (:mod:`~musetalk_lib.device_blend`), so the only copies per batch are the
 source frames in and the finished frames out.
@@ -133,6 +134,8 @@ class MuseTalkModels:
         """``torch.compile`` the UNet and the VAE decoder (the per-frame work); falls back cleanly where it cannot."""
         compile_with_fallback(self.unet.unet, "The UNet")
         compile_with_fallback(self.vae.vae.decoder, "The VAE decoder")
+        if self.vae.partial_decoder is not None:
+            compile_with_fallback(self.vae.partial_decoder, "The VAE partial decoder")
         return self
 
 

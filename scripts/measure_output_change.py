@@ -6,7 +6,15 @@ are fine: the numbers describe the arithmetic, not lip-sync quality) and
 prints, per configuration, the change of the pasted region against the
 fp32/full reference (mean and max grey levels, PSNR) and the VAE decode time.
 
-    python scripts/measure_output_change.py --models-dir MODELS --media ../shared/media
+Decode times are CPU seconds of the process (``time.process_time``) with
+``--threads`` threads (default 1), the best of ``--repeats`` rounds that
+alternate the configurations of a dtype: on a shared machine that compares the
+work, not the other processes. ``--previous`` adds the partial decode before
+the PartialDecoder (the latents cut DECODE_HALO=2 rows above the first needed
+row, the rest of the decoder unchanged) for comparison.
+
+    python scripts/measure_output_change.py --models-dir MODELS --media ../shared/media \
+        --halos 4 --coarse 1 2 --previous
 """
 
 from __future__ import annotations
@@ -56,7 +64,12 @@ def main() -> None:
     parser.add_argument("--media", default=str(Path(__file__).resolve().parents[2] / "shared" / "media"))
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--halos", type=int, nargs="+", default=[vae_module.DECODE_HALO])
+    parser.add_argument("--coarse", type=int, nargs="+", default=[vae_module.COARSE_SKIPPED_UPSAMPLINGS],
+                        help="upsamplings the coarse band skips (COARSE_SKIPPED_UPSAMPLINGS)")
     parser.add_argument("--dtypes", nargs="+", default=["bf16"])
+    parser.add_argument("--previous", action="store_true", help="also the previous partial decode (latents cut)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     media = Path(args.media)
@@ -76,36 +89,56 @@ def main() -> None:
         return vae, unet(vae.encode_masked_and_reference(crops), audio)
 
     first_row = min(first_pasted_face_row(track.box(i), expanded_square(track.box(i))) for i in indices)
-    rows = [("fp32", "full", 0)] + [("fp32", f"partial (halo {h})", h) for h in args.halos]
-    for name in args.dtypes:
-        rows += [(name, "full", 0)] + [(name, f"partial (halo {h})", h) for h in args.halos]
-    results, reference = [], None
-    cache = {}
-    for dtype_name, label, halo in rows:
-        if dtype_name not in cache:
-            cache.clear()
-            cache[dtype_name] = generate(dtype_name)
-        vae, predicted = cache[dtype_name]
-        vae_module.DECODE_HALO = halo
-        from_row = 0 if label == "full" else first_row
-        vae.decode(predicted[:1], from_row)  # warm-up
-        started = time.perf_counter()
-        faces_out = vae.decode(predicted, from_row)
-        seconds = time.perf_counter() - started
-        out = pasted(frames, faces_out, track, indices)
-        if reference is None:
-            reference = out
-        mean, peak, psnr = region_change(reference, out, track, indices)
-        results.append((dtype_name, label, vae.first_latent_row(from_row), seconds, mean, peak, psnr))
+    partial_rows = [(f"partial (halo {h}, coarse {k})", h, k) for h in args.halos for k in args.coarse]
+    if args.previous:
+        partial_rows.insert(0, ("previous: latents cut (halo 2)", 2, None))
+    groups = [("fp32", [("full", 0, None)] + partial_rows)]
+    groups += [(name, [("full", 0, None)] + partial_rows) for name in args.dtypes]
+    torch.set_num_threads(args.threads)
+    results, reference, base = [], None, None
+    for dtype_name, rows in groups:
+        vae, predicted = generate(dtype_name)
+
+        def decode(halo: int, coarse: int | None, latents: torch.Tensor) -> np.ndarray:
+            if not halo:
+                return vae.decode(latents)
+            vae_module.DECODE_HALO = halo
+            if coarse is not None:
+                vae_module.COARSE_SKIPPED_UPSAMPLINGS = coarse
+                return vae.decode(latents, first_row)
+            return previous_partial_decode(vae, latents, vae.first_latent_row(first_row))
+
+        seconds = {}
+        for _ in range(args.repeats):
+            for label, halo, coarse in rows:
+                started = time.process_time()
+                decode(halo, coarse, predicted)
+                seconds[label] = min(seconds.get(label, float("inf")), time.process_time() - started)
+        for label, halo, coarse in rows:
+            out = pasted(frames, decode(halo, coarse, predicted), track, indices)
+            if reference is None:
+                reference, base = out, seconds[label]
+            mean, peak, psnr = region_change(reference, out, track, indices)
+            first = 0 if not halo else first_row // vae_module.LATENT_SCALE - halo
+            results.append((dtype_name, label, first, seconds[label], mean, peak, psnr))
+        del vae, predicted
 
     print(f"{len(indices)} frames of talking_closeup.mp4, first pasted face row {first_row}, "
-          f"{torch.get_num_threads()} threads")
-    print("| dtype | decode | first latent row | decode s | vs fp32/full: mean | max | PSNR dB | decode speed-up |")
+          f"{args.threads} thread(s), CPU seconds, best of {args.repeats}")
+    print("| dtype | decode | first latent row | decode CPU s | vs fp32/full: mean | max | PSNR dB | decode speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    base = results[0][3]
     for dtype_name, label, first, seconds, mean, peak, psnr in results:
         print(f"| {dtype_name} | {label} | {first} | {seconds:.2f} | {mean:.3f} | {peak} | {psnr:.1f} | "
               f"{base / seconds:.2f}x |")
+
+
+def previous_partial_decode(vae, latents: torch.Tensor, first: int) -> np.ndarray:
+    """The partial decode before PartialDecoder: the whole diffusers decoder on the latent rows ``first..31``."""
+    with torch.inference_mode():
+        scaled = (1 / vae.scaling_factor) * latents[:, :, first:].to(vae.device, vae.dtype)
+        image = torch.cat([vae.vae.decode(scaled[part], return_dict=False)[0] for part in vae._passes(len(scaled))])
+        image = torch.round((image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1) * 255).to(torch.uint8)
+        return torch.nn.functional.pad(image, (0, 0, 0, 0, first * vae_module.LATENT_SCALE, 0)).numpy()
 
 
 if __name__ == "__main__":

@@ -46,9 +46,10 @@ def test_partial_decode_changes_only_the_pasted_region_and_little(tiny_models, s
         inside.append(difference[frame][rows, columns].flatten())
         difference[frame][rows, columns] = 0
         assert difference[frame].max() == 0
-    # The stated bound for this tiny random model (measured: 1.52 normal, 1.02 realtime grey levels in the pasted
-    # squares); README gives the full-size figures.
-    assert np.concatenate(inside).mean() < 2.0
+    # The stated bound for this tiny random model (measured: 0.31 normal, 0.29 realtime grey levels in the pasted
+    # squares; the previous partial decode, which cut the latents, gave 1.52 / 1.02); README gives the full-size
+    # figures.
+    assert np.concatenate(inside).mean() < 0.5
 
 
 def test_device_paste_equals_the_cpu_paste(tiny_models, scene):
