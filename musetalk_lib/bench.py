@@ -403,7 +403,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                         help="precision of the chosen configuration; auto = fp16 on CUDA, bf16 on CPUs with AMX, "
                              "fp32 elsewhere (default: %(default)s)")
-    parser.add_argument("--decode", choices=DECODE_MODES, default="full",
+    parser.add_argument("--decode", choices=DECODE_MODES, default="partial",
                         help="decoder of the chosen configuration: partial skips the face rows the paste never "
                              "shows, full decodes them all (default: %(default)s)")
     parser.add_argument("--no-reference", action="store_true",

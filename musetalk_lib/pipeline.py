@@ -6,11 +6,11 @@ are pasted into the decoded source frames, and the frames go straight to the
 encoder. Memory therefore stays bounded whatever the length. Blending runs on
 a worker thread while the models work on the next batch.
 
-With ``decode="partial"`` the decoder does most of its work only on the face
-rows the paste shows (:class:`~musetalk_lib.vae.PartialDecoder`: faster; the
-rows above go through at a lower resolution, for the GroupNorm statistics, so
-the output changes slightly: see README); the default ``"full"`` decodes the
-whole face as the official code does. With the models on a GPU the generated faces stay there: the
+With ``decode="partial"`` (the default) the decoder does most of its work
+only on the face rows the paste shows (:class:`~musetalk_lib.vae.PartialDecoder`:
+faster; the rows above go through at a lower resolution, for the GroupNorm
+statistics, so the output changes slightly, less than bf16 does: see README);
+``"full"`` decodes the whole face as the official code does. With the models on a GPU the generated faces stay there: the
 frames are uploaded once (through a pinned buffer) and pasted on the device
 (:mod:`~musetalk_lib.device_blend`), so the only copies per batch are the
 source frames in and the finished frames out.
@@ -149,7 +149,7 @@ class DubOptions:
     context_left: int = DEFAULT_CONTEXT
     context_right: int = DEFAULT_CONTEXT
     exact_fps: bool = True  # False reproduces the official int(fps) truncation (drifts on 29.97 fps)
-    decode: str = "full"  # "full" decodes the whole face (official); "partial" only the rows the paste shows
+    decode: str = "partial"  # "partial" decodes exactly only the rows the paste shows; "full" the whole face (official)
     paste_on_device: bool | None = None  # paste where the VAE runs; None: when that is not the CPU
     allow_no_face: bool = False  # a source with no face anywhere: write it unchanged instead of failing
 
@@ -321,7 +321,7 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
 
 def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPlan, predicted: torch.Tensor,
                      vae: FaceVAE, variant: str = "normal", batch_size: int = 8,
-                     progress: Progress | None = None, decode: str = "full",
+                     progress: Progress | None = None, decode: str = "partial",
                      paste_on_device: bool | None = None) -> Iterator[np.ndarray]:
     """Yield the output frames from precomputed UNet predictions (one row per output frame with a face)."""
     first_row = np.concatenate([[0], np.cumsum(plan.has_face)])
