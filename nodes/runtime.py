@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 MODEL_FOLDER = "musetalk"
@@ -245,3 +246,31 @@ def output_is_linked(prompt: dict | None, node_id: str | None, slot: int) -> boo
             if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id) and value[1] == slot:
                 return True
     return False
+
+
+def hidden_value(node_class, name: str):
+    """A hidden input (``unique_id``, ``prompt``) of the running node; None when called outside ComfyUI's executor."""
+    return getattr(node_class.hidden, name, None) if node_class.hidden is not None else None
+
+
+@contextmanager
+def reported_as(node: str) -> Iterator[None]:
+    """Re-raise the library's errors as ``<node>: <message>`` with a built-in exception type.
+
+    ComfyUI shows an exception's type with its module path (``…musetalk_lib.video_io.VideoError``);
+    a built-in type shows as its bare name. Errors of other packages (ComfyUI's interrupt, torch's
+    out-of-memory) pass unchanged, so ComfyUI still handles them.
+    """
+    try:
+        yield
+    except Exception as error:
+        kind = type(error)
+        if kind.__module__ != "builtins" and "musetalk_lib" not in kind.__module__:
+            raise
+        message = str(error) if str(error).startswith(f"{node}:") else f"{node}: {error}"
+        builtin = next(base for base in kind.__mro__ if base.__module__ == "builtins")
+        try:
+            reported = builtin(message)
+        except TypeError:  # a built-in type with more arguments (UnicodeDecodeError...)
+            reported = RuntimeError(message)
+        raise reported from error
