@@ -161,3 +161,27 @@ def test_layout_is_readable_at_the_default_view(path):
     for node in workflow["nodes"]:
         if node["type"] == "MuseTalkVideoCombine":
             assert node["size"][1] >= 400, "the video preview needs room below the widgets"
+
+
+SAVED = REPO / "tests" / "data" / "saved_workflows"  # the workflows as shipped by pack 0.1 (V1 nodes)
+SAVED_UI = sorted(SAVED.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", SAVED_UI, ids=[p.stem for p in SAVED_UI])
+def test_workflows_saved_before_the_v3_nodes_still_load(path):
+    """Same node ids and input names: an older API prompt passes ComfyUI's input checks, an older UI graph's
+    widget values still line up with the widgets (new widgets come last, with defaults)."""
+    prompt = json.loads((SAVED / "api" / path.name).read_text())
+    for node_id, node in prompt.items():
+        spec = definition(node["class_type"])
+        for name, value in node["inputs"].items():
+            assert name in spec["widgets"] or name in spec["inputs"], f"{node_id}: input {name} is gone"
+            if not isinstance(value, list):
+                check_value(node["class_type"], name, spec["widgets"][name], value)
+        missing = spec.get("required", set()) - set(node["inputs"])
+        assert not missing, f"{node_id} ({node['class_type']}) now requires {missing}"
+    for node in json.loads(path.read_text())["nodes"]:
+        spec = definition(node["type"])
+        values = node["widgets_values"][:len(spec["widgets"])]
+        for (name, widget), value in zip(spec["widgets"].items(), values):
+            check_value(node["type"], name, widget, value)
