@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
 from . import sockets
-from .runtime import (ManagedModel, Progress, hidden_value, input_file_problem, input_files, models_root,
+from .runtime import (ManagedModel, Progress, input_file_problem, input_files, models_root,
                       offload_device, reported_as, resolve_input_file)
 
 if TYPE_CHECKING:  # the library's detection module imports torch; nodes import it only when they run
@@ -227,7 +227,6 @@ class MuseTalkLoadAvatar(io.ComfyNode):
                      io.Float.Output(display_name="fps",
                                      tooltip="Frame rate of the source: connect it to Whisper Audio Features."),
                      io.Int.Output(display_name="frame_count", tooltip="Number of source frames.")],
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -249,7 +248,7 @@ class MuseTalkLoadAvatar(io.ComfyNode):
             settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
                                        face_point_y, smoothing)
             track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
-                                       Progress(hidden_value(cls, "unique_id")), cls.DISPLAY_NAME)
+                                       Progress(), cls.DISPLAY_NAME)
             shown = preview(source, track)
         return io.NodeOutput(AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
                              float(source.frame_rate), source.num_frames, ui={"text": notes})

@@ -83,7 +83,7 @@ class MuseTalkDub(io.ComfyNode):
         from .convert import audio_samples, audio_value, image_and_stream
 
         unique_id = hidden_value(cls, "unique_id")
-        progress = Progress(unique_id)
+        progress = Progress()
         with reported_as(cls.DISPLAY_NAME):
             settings, options = library_options(inputs)
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)

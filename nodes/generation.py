@@ -63,7 +63,6 @@ class MuseTalkWhisperAudioFeatures(io.ComfyNode):
             ],
             outputs=[sockets.AudioFeatures.Output(display_name="audio_features"),
                      io.Int.Output(display_name="frame_count")],
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -75,7 +74,7 @@ class MuseTalkWhisperAudioFeatures(io.ComfyNode):
             samples, sample_rate = audio_samples(audio)
             options = DubOptions(context_left=context_left, context_right=context_right, exact_fps=exact_fps)
             features = speech_features(whisper.ready(), samples, sample_rate, fps, options,
-                                       Progress(hidden_value(cls, "unique_id")))
+                                       Progress())
         return io.NodeOutput(features, features.num_frames)
 
 
@@ -92,7 +91,6 @@ class MuseTalkVAEEncodeMaskedFace(io.ComfyNode):
                         "channels).",
             inputs=[sockets.Avatar.Input("avatar"), sockets.VAE.Input("vae"), batch_size_input()],
             outputs=[sockets.FaceLatents.Output(display_name="face_latents")],
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -102,7 +100,7 @@ class MuseTalkVAEEncodeMaskedFace(io.ComfyNode):
 
         with reported_as(cls.DISPLAY_NAME):
             faces = encode_faces(avatar.source, avatar.track, vae.ready(), batch_size,
-                                 Progress(hidden_value(cls, "unique_id")))
+                                 Progress())
         return io.NodeOutput(FaceLatentsPayload(avatar, faces, vae.random_weights))
 
 
@@ -120,7 +118,6 @@ class MuseTalkUNet(io.ComfyNode):
             inputs=[sockets.UNet.Input("unet"), sockets.FaceLatents.Input("face_latents"),
                     sockets.AudioFeatures.Input("audio_features"), batch_size_input(), length_policy_input()],
             outputs=[sockets.PredictedLatents.Output(display_name="predicted_latents")],
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -136,7 +133,7 @@ class MuseTalkUNet(io.ComfyNode):
         with reported_as(cls.DISPLAY_NAME):
             plan = OutputPlan.build(audio_features.num_frames, avatar.track.has_face, length_policy)
             latents = predict_all(unet.ready(), face_latents.faces, audio_features, plan, batch_size,
-                                  Progress(hidden_value(cls, "unique_id")))
+                                  Progress())
         random_weights = unet.random_weights or face_latents.random_weights
         return io.NodeOutput(PredictionPayload(avatar, plan, latents, random_weights))
 
@@ -189,7 +186,7 @@ class MuseTalkBlendMouth(io.ComfyNode):
             options = DubOptions(blend_variant=blend, batch_size=batch_size)
             stream, notes = blended_frames(avatar.source, avatar.track, settings, prediction.plan, prediction.latents,
                                            vae.ready(), face_parser.ready() if face_parser is not None else None,
-                                           options, Progress(unique_id))
+                                           options, Progress())
             images, stream = image_and_stream(stream, output_is_linked(hidden_value(cls, "prompt"), unique_id, 0),
                                               even=pad_to_even)
         notes = [avatar.track.face_summary(), *notes]

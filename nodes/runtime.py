@@ -218,10 +218,14 @@ class ManagedModel:
 
 
 class Progress:
-    """Per-node progress bar; also where ComfyUI notices an interrupt (Cancel)."""
+    """Progress of the node that is working, per stage; also where ComfyUI notices an interrupt (Cancel).
 
-    def __init__(self, node_id: str | None = None):
-        self.node_id = node_id
+    The bars carry no node id: ComfyUI shows them on the node executing when they
+    advance. Frames streamed to Video Combine (``MUSETALK_FRAMES``) are generated
+    while Video Combine runs, so their progress and Cancel land there.
+    """
+
+    def __init__(self):
         self._bars: dict[str, object] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -233,7 +237,7 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar = self._bars.get(stage)
         if bar is None:
-            bar = self._bars[stage] = comfy.utils.ProgressBar(total, node_id=self.node_id)
+            bar = self._bars[stage] = comfy.utils.ProgressBar(total)
         bar.update_absolute(done, total)
 
 
