@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from comfy_api.latest import io
 
 from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
@@ -22,7 +20,6 @@ CATEGORY = "MuseTalk"
 LANDMARKS_FILE = "landmarks file"
 MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif",
                   ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-PREVIEW_FRAMES = 4
 
 # backend -> (identity of its weight files, detector): kept between runs, rebuilt when the files change
 _detectors: dict[str, tuple[tuple[str, ...], FaceDetector | ManagedModel]] = {}
@@ -176,36 +173,6 @@ def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_p
                           face_point=(float(face_point_x), float(face_point_y)), smoothing=smoothing)
 
 
-def preview_indices(track) -> np.ndarray:
-    """A few frames spread over the clip, plus the first frame of each of the first no-face ranges."""
-    spread = np.linspace(0, track.num_frames - 1, min(PREVIEW_FRAMES, track.num_frames)).astype(int)
-    faceless = [first for first, _ in track.missing_ranges()[:PREVIEW_FRAMES]]
-    return np.unique(np.concatenate([spread, np.asarray(faceless, dtype=int)]))
-
-
-def preview(source, track) -> np.ndarray:
-    """Frames with the crop box (green) and landmarks drawn; frames without a face get a red border and
-    "NO FACE" (see :func:`preview_indices`)."""
-    import cv2
-
-    indices = preview_indices(track)
-    frames = []
-    for index, frame in zip(indices, source.frames(indices)):
-        frame = frame.copy()
-        box = track.box(int(index))
-        if box is None:
-            thickness = max(4, frame.shape[1] // 100)
-            cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), (255, 0, 0), thickness)
-            cv2.putText(frame, f"NO FACE #{index}", (2 * thickness, frame.shape[0] // 2), cv2.FONT_HERSHEY_SIMPLEX,
-                        frame.shape[1] / 400, (255, 0, 0), max(1, thickness // 2))
-        else:
-            cv2.rectangle(frame, box[:2], box[2:], (0, 255, 0), 2)
-            for x, y in track.landmarks[index]:
-                cv2.circle(frame, (int(x), int(y)), 1, (255, 255, 0), -1)
-        frames.append(frame)
-    return np.stack(frames)
-
-
 class MuseTalkLoadAvatar(io.ComfyNode):
     """Frames to dub (IMAGE batch, or a video/image file streamed from the input folder) plus the tracked face."""
 
@@ -241,6 +208,7 @@ class MuseTalkLoadAvatar(io.ComfyNode):
     @classmethod
     def execute(cls, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
                 face_point_y, smoothing, landmarks_file, images=None) -> io.NodeOutput:
+        from ..musetalk_lib.face_preview import face_preview
         from .convert import AvatarPayload, frames_to_image
 
         with reported_as(cls.DISPLAY_NAME):
@@ -249,6 +217,6 @@ class MuseTalkLoadAvatar(io.ComfyNode):
                                        face_point_y, smoothing)
             track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
                                        Progress(), cls.DISPLAY_NAME)
-            shown = preview(source, track)
+            shown = face_preview(source, track)
         return io.NodeOutput(AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
                              float(source.frame_rate), source.num_frames, ui={"text": notes})
