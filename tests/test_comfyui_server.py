@@ -98,10 +98,9 @@ def test_workflow_runs(server, workflow_path, tmp_path):
 
 
 def test_requeueing_identical_inputs_hits_the_cache(server):
-    from musetalk_lib.comfy_client import ComfyClient, Override, apply_overrides, load_workflow
+    from musetalk_lib.comfy_client import ComfyClient, load_workflow
 
-    workflow = apply_overrides(load_workflow(REPO / "workflows" / "api" / "musetalk_dub_still_image.json"),
-                               [Override("*", "face_backend", FACE_BACKEND)])
+    workflow = load_workflow(REPO / "workflows" / "api" / "musetalk_dub_still_image.json")
     client = ComfyClient(server.url)
     for _ in range(2):
         entry = client.wait(client.submit(workflow), PROMPT_TIMEOUT)
