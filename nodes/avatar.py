@@ -36,12 +36,24 @@ def source_inputs() -> list:
     ]
 
 
+class CheckedCombo(io.Combo.Input):
+    """A combo whose options ComfyUI checks a queued value against, on this input alone.
+
+    ComfyUI (0.3.64) checks a value against its list only for inputs typed with the
+    list itself (the V1 form); ``io.Combo`` inputs are typed ``COMBO`` and go unchecked.
+    """
+
+    def get_io_type(self):
+        return self.options
+
+
 def face_inputs() -> list:
     """The face tracking widgets; ``landmarks_file`` lists the JSON files of the input folder.
 
     ``landmarks_file`` is a list, not free text: ComfyUI flags every input a node's
     ``validate_inputs`` names when it refuses, so ``validate_inputs`` checks ``file``
-    alone and ComfyUI's own list check refuses a ``landmarks_file`` on that input only.
+    alone and ComfyUI's own list check (:class:`CheckedCombo`) refuses a
+    ``landmarks_file`` on that input only.
     """
     return [
         io.Combo.Input("face_backend", options=list(FACE_BACKENDS) + [LANDMARKS_FILE], default="auto",
@@ -59,7 +71,7 @@ def face_inputs() -> list:
         io.Int.Input("face_point_y", default=0, min=0, max=16384, tooltip="With 'point': a pixel inside the face."),
         io.Int.Input("smoothing", default=2, min=0, max=12,
                      tooltip="Temporal smoothing of the face box, in frames each side (0 = off)."),
-        io.Combo.Input("landmarks_file", options=[""] + input_files({".json"}, recursive=True), default="",
+        CheckedCombo("landmarks_file", options=[""] + input_files({".json"}, recursive=True), default="",
                        tooltip="With 'landmarks file': a 68-point landmarks JSON from the input folder."),
     ]
 

@@ -61,7 +61,7 @@ NODE_CLASSES = {cls.GET_SCHEMA().node_id: cls for cls in PACK.nodes.NODES}
 
 
 def is_widget(spec) -> bool:
-    return spec[0] in SOCKET_WIDGETS
+    return isinstance(spec[0], list) or spec[0] in SOCKET_WIDGETS
 
 
 def interface(class_type: str) -> dict:
@@ -73,7 +73,7 @@ def interface(class_type: str) -> dict:
     cls = NODE_CLASSES[class_type]
     declared = cls.INPUT_TYPES()
     specs = {**declared["required"], **declared.get("optional", {})}
-    widgets = {name: spec[1].get("default", spec[1]["options"][0] if spec[0] == "COMBO" else None)
+    widgets = {name: spec[1].get("default", spec[1]["options"][0] if "options" in spec[1] else None)
                for name, spec in specs.items() if is_widget(spec)}
     inputs = [(name, spec[0]) for name, spec in specs.items() if not is_widget(spec)]
     outputs = list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES))
@@ -263,7 +263,8 @@ def node_size(class_type: str, rows: int) -> list[int]:
 
 def kind_of(class_type: str, name: str) -> str:
     declared = NODE_CLASSES[class_type].INPUT_TYPES()
-    return {**declared["required"], **declared.get("optional", {})}[name][0]
+    kind = {**declared["required"], **declared.get("optional", {})}[name][0]
+    return "COMBO" if isinstance(kind, list) else kind
 
 
 def main() -> None:

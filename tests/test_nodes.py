@@ -385,7 +385,7 @@ def validation_errors(node_id: str, values: dict) -> dict[str, list[str]]:
     named = set(inspect.getfullargspec(validate).args) if validate else set()
     errors: dict[str, list[str]] = {}
     for name, value in values.items():
-        if name not in named and specs[name][0] == "COMBO" and value not in specs[name][1]["options"]:
+        if name not in named and isinstance(specs[name][0], list) and value not in specs[name][0]:
             errors.setdefault(name, []).append(f"Value not in list: {name}: {value!r}")
     checked = {name: value for name, value in values.items() if name in named}
     if checked and (verdict := validate(**checked)) is not True:

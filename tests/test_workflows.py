@@ -30,7 +30,7 @@ def definition(class_type):
     cls = NODES[class_type]
     declared = cls.INPUT_TYPES()
     specs = {**declared["required"], **declared.get("optional", {})}
-    widgets = {n: s for n, s in specs.items() if s[0] in WIDGET_TYPES}
+    widgets = {n: s for n, s in specs.items() if isinstance(s[0], list) or s[0] in WIDGET_TYPES}
     return {
         "widgets": widgets,
         "inputs": {n: s[0] for n, s in specs.items() if n not in widgets},
@@ -43,7 +43,7 @@ def definition(class_type):
 def check_value(class_type, name, spec, value):
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     where = f"{class_type}.{name}={value!r}"
-    if kind == "COMBO":
+    if kind == "COMBO" or isinstance(kind, list):
         assert isinstance(value, str), where
         assert name in MEDIA_COMBOS or value in options["options"], where
     elif kind == "INT":

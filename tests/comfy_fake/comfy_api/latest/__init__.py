@@ -36,12 +36,16 @@ class _Io:
 
     class Input:
         def __init__(self, id: str, display_name: str | None = None, optional: bool = False,
-                     tooltip: str | None = None, **options: Any):
+                     tooltip: str | None = None, **settings: Any):
             self.id, self.display_name, self.optional, self.tooltip = id, display_name, optional, tooltip
-            self.options = options
+            self.settings = settings
+            self.options = settings.get("options")  # a combo's choices, as on the real Combo.Input
+
+        def get_io_type(self):
+            return self.io_type
 
         def as_dict(self) -> dict:
-            options = {key: value for key, value in self.options.items() if value is not None}
+            options = {key: value for key, value in self.settings.items() if value is not None}
             upload = options.pop("upload", None)
             if upload is not None:
                 options[upload.value] = True
@@ -99,7 +103,7 @@ class _Io:
             declared: dict = {"required": {}}
             for item in schema.inputs:
                 declared.setdefault("optional" if item.optional else "required", {})[item.id] = (
-                    item.io_type, item.as_dict())
+                    item.get_io_type(), item.as_dict())
             if schema.hidden:
                 declared["hidden"] = {hidden.name: hidden.value for hidden in schema.hidden}
             return declared
