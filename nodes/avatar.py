@@ -72,7 +72,7 @@ def face_inputs() -> list:
         io.Int.Input("smoothing", default=2, min=0, max=12,
                      tooltip="Temporal smoothing of the face box, in frames each side (0 = off)."),
         CheckedCombo("landmarks_file", options=[""] + input_files({".json"}, recursive=True), default="",
-                       tooltip="With 'landmarks file': a 68-point landmarks JSON from the input folder."),
+                     tooltip="With 'landmarks file': a 68-point landmarks JSON from the input folder."),
     ]
 
 
@@ -163,7 +163,8 @@ def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_
 
 
 def files_identity(node: str, **names: str) -> str:
-    """``IS_CHANGED`` of file-name inputs: changes when a named file does (refused names count as absent)."""
+    """``fingerprint_inputs`` of file-name inputs: changes when a named file does (refused names count as
+    absent), so ComfyUI reruns the node when a file changes under the same name."""
     digest = hashlib.sha256()
     for input_name, name in names.items():
         try:

@@ -112,7 +112,7 @@ def resolve_input_file(name: str, node: str, input_name: str) -> Path:
 
 
 def input_file_problem(name: str | None, node: str, input_name: str) -> str | None:
-    """Why ``VALIDATE_INPUTS`` refuses a file-name input, or None. Empty and linked (None) values pass."""
+    """Why ``validate_inputs`` refuses a file-name input, or None. Empty and linked (None) values pass."""
     if not name:
         return None
     try:

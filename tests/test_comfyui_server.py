@@ -154,7 +154,7 @@ def test_names_outside_comfyui_folders_are_refused_on_that_input(server, workflo
     assert {error["extra_info"]["input_name"] for error in errors} == {input_name}, errors
     display = server.get_json(f"/object_info/{class_type}")[class_type]["display_name"]
     for error in errors:
-        if error["type"] == "custom_validation_failed":  # our VALIDATE_INPUTS; a list input gets value_not_in_list
+        if error["type"] == "custom_validation_failed":  # our validate_inputs; a list input gets value_not_in_list
             assert error["details"].startswith(f"{input_name} - {display}: {input_name} '{value}' is "), error
         else:
             assert error["type"] == "value_not_in_list", error
