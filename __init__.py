@@ -1,9 +1,11 @@
-"""ComfyUI entry point of the MuseTalk lip-sync node pack.
+"""ComfyUI entry point of the MuseTalk lip-sync node pack (V3 node API, ``comfy_entrypoint``).
 
 ComfyUI imports this file; it only registers node classes (no model loading,
 no downloads). The library behind the nodes is ``musetalk_lib``.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes import MuseTalkExtension
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+async def comfy_entrypoint() -> MuseTalkExtension:
+    return MuseTalkExtension()

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
+from .options import FACE_BACKENDS
 
 DEFAULT_MODELS_DIR = os.environ.get("MUSETALK_MODELS_DIR", "models")
 DEFAULT_CACHE_DIR = os.environ.get("MUSETALK_CACHE_DIR", str(Path.home() / ".cache" / "musetalk" / "avatars"))
@@ -92,8 +93,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_face_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("faces and avatar")
     group.add_argument("--landmarks", type=Path, help="precomputed 68-point landmarks JSON (skips detection)")
-    group.add_argument("--face-backend", choices=["face-alignment", "dlib"], default="face-alignment",
-                       help="face detector when no --landmarks (default: %(default)s)")
+    group.add_argument("--face-backend", choices=FACE_BACKENDS, default="auto",
+                       help="face detector when no --landmarks; auto: face-alignment if its weights are in the models folder, else dlib (default: %(default)s)")
     group.add_argument("--face", choices=["largest", "index", "point"], default="largest",
                        help="which face to dub when there are several (default: %(default)s)")
     group.add_argument("--face-index", type=int, default=0, help="with --face index: 0 = leftmost face")
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="truncate fractional frame rates like the official code (29.97 -> 29); "
                                  "drifts out of sync, only for parity checks")
     generation.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: %(default)s)")
+    generation.add_argument("--preview-seconds", type=float, metavar="SECONDS",
+                            help="dub only the first SECONDS of the speech, to tune face and blend settings quickly")
     generation.add_argument("--allow-no-face", action="store_true",
                             help="when no frame has the face, write the video unchanged (exit 0) instead of "
                                  "failing with exit status 3")
@@ -213,7 +216,8 @@ def _run_dub(args, progress: _Progress) -> None:
 
     check_dub_files(args.source, args.audio, args.output, args.landmarks, args.cache_dir)  # before loading the models
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
-                         exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face)
+                         exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face,
+                         preview_seconds=args.preview_seconds)
     report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),
                  options=options, cache_root=args.cache_dir, landmarks_path=args.landmarks,
                  face_backend=args.face_backend, face_models_dir=args.models_dir, still_fps=args.fps,

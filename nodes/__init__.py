@@ -1,7 +1,11 @@
-"""ComfyUI nodes of the MuseTalk pack: thin adapters over ``musetalk_lib``.
+"""ComfyUI nodes of the MuseTalk pack (V3 node API): thin adapters over ``musetalk_lib``.
 
 Importing this package is cheap: the library's model code loads only when a node runs.
 """
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
 
 from .avatar import MuseTalkLoadAvatar
 from .dub import MuseTalkDub
@@ -10,32 +14,25 @@ from .loaders import MuseTalkFaceParserLoader, MuseTalkUNetLoader, MuseTalkVAELo
 from .runtime import register_model_folder
 from .video import MuseTalkVideoCombine
 
-register_model_folder()
+NODES: list[type[io.ComfyNode]] = [
+    MuseTalkUNetLoader,
+    MuseTalkVAELoader,
+    MuseTalkWhisperLoader,
+    MuseTalkFaceParserLoader,
+    MuseTalkLoadAvatar,
+    MuseTalkWhisperAudioFeatures,
+    MuseTalkVAEEncodeMaskedFace,
+    MuseTalkUNet,
+    MuseTalkBlendMouth,
+    MuseTalkVideoCombine,
+    MuseTalkDub,
+]
 
-NODE_CLASS_MAPPINGS = {
-    "MuseTalkUNetLoader": MuseTalkUNetLoader,
-    "MuseTalkVAELoader": MuseTalkVAELoader,
-    "MuseTalkWhisperLoader": MuseTalkWhisperLoader,
-    "MuseTalkFaceParserLoader": MuseTalkFaceParserLoader,
-    "MuseTalkLoadAvatar": MuseTalkLoadAvatar,
-    "MuseTalkWhisperAudioFeatures": MuseTalkWhisperAudioFeatures,
-    "MuseTalkVAEEncodeMaskedFace": MuseTalkVAEEncodeMaskedFace,
-    "MuseTalkUNet": MuseTalkUNet,
-    "MuseTalkBlendMouth": MuseTalkBlendMouth,
-    "MuseTalkVideoCombine": MuseTalkVideoCombine,
-    "MuseTalkDub": MuseTalkDub,
-}
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MuseTalkUNetLoader": "MuseTalk UNet Loader",
-    "MuseTalkVAELoader": "MuseTalk VAE Loader",
-    "MuseTalkWhisperLoader": "MuseTalk Whisper Loader",
-    "MuseTalkFaceParserLoader": "MuseTalk Face Parser Loader",
-    "MuseTalkLoadAvatar": MuseTalkLoadAvatar.DISPLAY_NAME,
-    "MuseTalkWhisperAudioFeatures": "MuseTalk Whisper Audio Features",
-    "MuseTalkVAEEncodeMaskedFace": "MuseTalk VAE Encode Masked Face",
-    "MuseTalkUNet": "MuseTalk UNet",
-    "MuseTalkBlendMouth": "MuseTalk Blend Mouth",
-    "MuseTalkVideoCombine": MuseTalkVideoCombine.DISPLAY_NAME,
-    "MuseTalkDub": MuseTalkDub.DISPLAY_NAME,
-}
+class MuseTalkExtension(ComfyExtension):
+    """Registers the ``musetalk`` model folder and the pack's nodes."""
+
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_model_folder()
+        return NODES

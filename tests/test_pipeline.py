@@ -280,3 +280,15 @@ def test_output_onto_an_input_is_refused_before_any_work(tiny_models, media, tmp
     with pytest.raises(ValueError, match="is a folder"):
         dub(media / "talking_closeup.mp4", speech, tmp_path, tiny_models, cache_root=tmp_path / "avatars")
     assert speech.read_bytes() == before and not (tmp_path / "avatars").exists()
+
+
+def test_preview_seconds_keeps_the_start_of_the_speech():
+    from musetalk_lib.cli import build_parser
+
+    samples = np.arange(2 * 16000 * 3, dtype=np.float32).reshape(2, -1)
+    assert DubOptions(preview_seconds=1.5).speech_to_dub(samples, 16000).shape == (2, 24000)
+    assert DubOptions().speech_to_dub(samples, 16000) is samples
+    with pytest.raises(ValueError, match="preview_seconds must be positive"):
+        DubOptions(preview_seconds=0)
+    args = build_parser().parse_args(["dub", "a.mp4", "b.wav", "-o", "c.mp4", "--preview-seconds", "2.5"])
+    assert args.preview_seconds == 2.5 and args.face_backend == "auto"

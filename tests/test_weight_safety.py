@@ -270,7 +270,7 @@ def test_dub_with_a_code_running_whisper_file_prints_one_error(layout, media, tm
 
 
 def test_loader_node_surfaces_the_same_message(layout, monkeypatch):
-    from pack import load_pack
+    from pack import load_pack, node_classes
 
     path = place(layout, Slot("vae", "sd-vae/diffusion_pytorch_model.bin", "sd-vae/diffusion_pytorch_model.bin"),
                  b"\x80\x02truncated")
@@ -278,5 +278,6 @@ def test_loader_node_surfaces_the_same_message(layout, monkeypatch):
         load_vae(layout / "sd-vae")
     monkeypatch.setenv("MUSETALK_MODELS_DIR", str(layout))
     with pytest.raises(RuntimeError) as from_node:
-        load_pack().NODE_CLASS_MAPPINGS["MuseTalkVAELoader"]().load("fp32")
-    assert str(from_node.value) == str(direct.value) and str(path) in str(direct.value)
+        node_classes(load_pack())["MuseTalkVAELoader"].execute("fp32")
+    assert type(from_node.value).__module__ == "builtins"  # ComfyUI shows the type: no module path
+    assert str(from_node.value) == f"MuseTalk VAE Loader: {direct.value}" and str(path) in str(direct.value)

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from pack import REPO, load_pack
+from pack import REPO, load_pack, node_classes
 
 FOLDER = REPO / "workflows"
 UI_FILES = sorted(FOLDER.glob("*.json"))
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 # Interfaces of the core ComfyUI nodes the examples use (the server test checks them against a real ComfyUI).
 CORE = {
@@ -20,7 +20,7 @@ CORE = {
 MEDIA_COMBOS = {"file"}  # lists of files in the input folder: any name is allowed here
 
 
-NODES = load_pack().NODE_CLASS_MAPPINGS
+NODES = node_classes(load_pack())
 
 
 def definition(class_type):
@@ -36,16 +36,16 @@ def definition(class_type):
         "inputs": {n: s[0] for n, s in specs.items() if n not in widgets},
         "required": set(declared["required"]),
         "outputs": list(cls.RETURN_TYPES),
-        "output_node": getattr(cls, "OUTPUT_NODE", False),
+        "output_node": cls.OUTPUT_NODE,
     }
 
 
 def check_value(class_type, name, spec, value):
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     where = f"{class_type}.{name}={value!r}"
-    if isinstance(kind, list):
+    if kind == "COMBO" or isinstance(kind, list):
         assert isinstance(value, str), where
-        assert name in MEDIA_COMBOS or value in kind, where
+        assert name in MEDIA_COMBOS or value in options["options"], where
     elif kind == "INT":
         assert isinstance(value, int) and not isinstance(value, bool), where
         assert options.get("min", value) <= value <= options.get("max", value), where
@@ -121,3 +121,67 @@ def test_workflows_are_up_to_date(tmp_path):
     committed = {p.relative_to(FOLDER): p.read_bytes() for p in FOLDER.rglob("*.json")}
     built = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.json")}
     assert committed == built, "run `python scripts/build_workflows.py` and commit the result"
+
+
+# The frontend's default window this layout is checked against: a 1920x1000 canvas under a 50 px menu bar.
+VIEWPORT = (1920, 1000)
+MENU_BAR = 50
+
+
+def boxes_of(workflow: dict) -> list[tuple[str, tuple[float, float, float, float]]]:
+    nodes = [(f"node {n['id']}", (n["pos"][0], n["pos"][1], n["size"][0], n["size"][1])) for n in workflow["nodes"]]
+    return nodes + [(f"group {g['title']}", tuple(g["bounding"])) for g in workflow["groups"]]
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_layout_is_readable_at_the_default_view(path):
+    """Nothing under the menu bar or off-canvas at the saved zoom; nodes and step groups do not overlap;
+    every node is in exactly one step group; the Video Combine nodes leave room for their preview."""
+    workflow = json.loads(path.read_text())
+    scale, (dx, dy) = workflow["extra"]["ds"]["scale"], workflow["extra"]["ds"]["offset"]
+    for name, (x, y, width, height) in boxes_of(workflow):
+        top_left = ((x + dx) * scale, (y + dy) * scale)
+        bottom_right = ((x + width + dx) * scale, (y + height + dy) * scale)
+        assert top_left[0] >= 0 and top_left[1] >= MENU_BAR, f"{name} is under the menu bar or off the left edge"
+        assert bottom_right[0] <= VIEWPORT[0] and bottom_right[1] <= VIEWPORT[1], f"{name} is off-canvas"
+    nodes = [(name, box) for name, box in boxes_of(workflow) if name.startswith("node")]
+    groups = [(name, box) for name, box in boxes_of(workflow) if name.startswith("group")]
+    for items in (nodes, groups):
+        for index, (name, box) in enumerate(items):
+            for other, other_box in items[index + 1:]:
+                assert not overlap(box, other_box), f"{name} overlaps {other}"
+    for name, (x, y, width, height) in nodes:
+        inside = [g for g, (gx, gy, gw, gh) in groups
+                  if gx <= x and gy <= y and x + width <= gx + gw and y + height <= gy + gh]
+        assert len(inside) == 1, f"{name} is in {len(inside)} step groups"
+    for node in workflow["nodes"]:
+        if node["type"] == "MuseTalkVideoCombine":
+            assert node["size"][1] >= 400, "the video preview needs room below the widgets"
+
+
+SAVED = REPO / "tests" / "data" / "saved_workflows"  # the workflows as shipped by pack 0.1 (V1 nodes)
+SAVED_UI = sorted(SAVED.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", SAVED_UI, ids=[p.stem for p in SAVED_UI])
+def test_workflows_saved_before_the_v3_nodes_still_load(path):
+    """Same node ids and input names: an older API prompt passes ComfyUI's input checks, an older UI graph's
+    widget values still line up with the widgets (new widgets come last, with defaults)."""
+    prompt = json.loads((SAVED / "api" / path.name).read_text())
+    for node_id, node in prompt.items():
+        spec = definition(node["class_type"])
+        for name, value in node["inputs"].items():
+            assert name in spec["widgets"] or name in spec["inputs"], f"{node_id}: input {name} is gone"
+            if not isinstance(value, list):
+                check_value(node["class_type"], name, spec["widgets"][name], value)
+        missing = spec.get("required", set()) - set(node["inputs"])
+        assert not missing, f"{node_id} ({node['class_type']}) now requires {missing}"
+    for node in json.loads(path.read_text())["nodes"]:
+        spec = definition(node["type"])
+        values = node["widgets_values"][:len(spec["widgets"])]
+        for (name, widget), value in zip(spec["widgets"].items(), values):
+            check_value(node["type"], name, widget, value)

@@ -1,0 +1,1 @@
+"""A minimal stand-in for ComfyUI's ``comfy_api`` package, for tests without a ComfyUI checkout (never shipped)."""
