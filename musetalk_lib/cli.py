@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="truncate fractional frame rates like the official code (29.97 -> 29); "
                                  "drifts out of sync, only for parity checks")
     generation.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: %(default)s)")
+    generation.add_argument("--silence", choices=["model", "gate", "source"], default="model",
+                            help="what silent stretches of the speech (pauses, breaths, room noise) do: model = "
+                                 "the model decides (official, default); gate = silence becomes digital zeros "
+                                 "before Whisper so noise stops moving the mouth; source = the source frames show "
+                                 "there, crossfaded (for idle loops with a closed mouth). The spans are reported")
+    generation.add_argument("--max-yaw", type=float, metavar="DEGREES",
+                            help="face quality gate: frames whose head is turned further than this from frontal "
+                                 "(estimated from the landmarks; e.g. 45) keep the source face, crossfaded, instead "
+                                 "of a broken generated mouth (default: off)")
     generation.add_argument("--allow-no-face", action="store_true",
                             help="when no frame has the face, write the video unchanged (exit 0) instead of "
                                  "failing with exit status 3")
@@ -212,7 +221,8 @@ def _run_dub(args, progress: _Progress) -> None:
 
     check_dub_files(args.source, args.audio, args.output, args.landmarks, args.cache_dir)  # before loading the models
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
-                         exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face)
+                         exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face,
+                         silence=args.silence, max_yaw=args.max_yaw)
     report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),
                  options=options, cache_root=args.cache_dir, landmarks_path=args.landmarks,
                  face_backend=args.face_backend, face_models_dir=args.models_dir, still_fps=args.fps,
@@ -222,6 +232,10 @@ def _run_dub(args, progress: _Progress) -> None:
           f"({report.duration:.2f} s){' [RANDOM WEIGHTS]' if report.random_weights else ''}")
     if report.frames_without_face:
         print(f"No face found in source frames {report.frames_without_face}; they were left unchanged.")
+    if report.frames_beyond_yaw:
+        print(f"Head turned past --max-yaw in source frames {report.frames_beyond_yaw}; they keep the source face.")
+    if args.silence != "model":
+        print(f"Silent output frames ({args.silence}): {report.silent_spans or 'none'}")
     print("Time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()))
 
 

@@ -42,9 +42,12 @@ from .face_detection import create_detector
 from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
-from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES
+from .head_pose import head_yaws
+from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES, SILENCE_MODES
+from .passthrough import crossfade_weights, mix_frames, true_ranges
 from .read_ahead import ReadAhead
 from .run_files import check_input_files, check_output_path
+from .silence import detect_speech, gate_silence, silent_spans
 from .unet import MuseTalkUNet, load_unet
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
@@ -58,6 +61,7 @@ __all__ = [
     "MuseTalkModels",
     "NoFaceError",
     "OutputPlan",
+    "beyond_yaw",
     "blend_frames",
     "check_dub_files",
     "check_faces_found",
@@ -66,6 +70,7 @@ __all__ = [
     "dub",
     "lip_sync_frames",
     "output_frame_count",
+    "pass_through_plan",
     "predict_all",
     "predict_faces",
     "source_frame_indices",
@@ -141,7 +146,16 @@ class MuseTalkModels:
 
 @dataclass(frozen=True)
 class DubOptions:
-    """Generation options that do not change the avatar."""
+    """Generation options that do not change the avatar.
+
+    ``silence``: what silent stretches of the speech do to the mouth: ``model``
+    lets the model decide (official), ``gate`` turns silence into digital
+    zeros before Whisper, ``source`` shows the source frames there.
+
+    ``max_yaw``: frames whose head is turned further than this many degrees
+    from frontal keep the source face (crossfaded) instead of a generated
+    mouth; ``None`` (default) generates every frame with a face.
+    """
 
     batch_size: int = 8
     length_policy: str = "pingpong"
@@ -152,6 +166,8 @@ class DubOptions:
     decode: str = "full"  # "full" decodes the whole face (official); "partial" only the rows the paste shows
     paste_on_device: bool | None = None  # paste where the VAE runs; None: when that is not the CPU
     allow_no_face: bool = False  # a source with no face anywhere: write it unchanged instead of failing
+    silence: str = "model"  # "model" (official), "gate" or "source": see musetalk_lib.silence
+    max_yaw: float | None = None  # degrees; None: no face quality gate (see musetalk_lib.head_pose)
 
     def __post_init__(self):
         if self.length_policy not in LENGTH_POLICIES:
@@ -162,6 +178,10 @@ class DubOptions:
             raise ValueError(f"Unknown decode mode {self.decode!r}; choose one of {', '.join(DECODE_MODES)}.")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.silence not in SILENCE_MODES:
+            raise ValueError(f"Unknown silence mode {self.silence!r}; choose one of {', '.join(SILENCE_MODES)}.")
+        if self.max_yaw is not None and not 0 < self.max_yaw < 90:
+            raise ValueError(f"max_yaw must be between 0 and 90 degrees (exclusive), got {self.max_yaw}.")
 
 
 def compute_audio_features(whisper: WhisperAudioEncoder, audio_16k: np.ndarray, fps: float,
@@ -176,7 +196,8 @@ class OutputPlan:
     """Which source frame each output frame shows, and whether it has a face to generate."""
 
     source_indices: np.ndarray  # [T] int64
-    has_face: np.ndarray  # [T] bool
+    has_face: np.ndarray  # [T] bool: the frame gets a generated face
+    weights: np.ndarray | None = None  # [T] float32 weight of the generated frame (crossfades); None: all 1
 
     @classmethod
     def build(cls, audio_frames: int, has_face: np.ndarray, policy: str = "pingpong") -> OutputPlan:
@@ -189,6 +210,12 @@ class OutputPlan:
     @property
     def num_frames(self) -> int:
         return len(self.source_indices)
+
+    def with_pass_through(self, pass_through: np.ndarray) -> OutputPlan:
+        """This plan with the output frames ``pass_through`` showing their source frame, crossfaded at the edges."""
+        pass_through = np.asarray(pass_through, bool) & self.has_face
+        weights = crossfade_weights(pass_through)
+        return OutputPlan(self.source_indices, self.has_face & (weights > 0), weights)
 
     def face_rows(self, output_indices: np.ndarray) -> np.ndarray:
         """Positions within ``output_indices`` whose source frame has a face."""
@@ -245,7 +272,8 @@ def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPl
     else:
         pasted = [paste_face(frames[row], face, *area) for row, face, area in zip(face_rows, faces, areas)]
     for row, frame in zip(face_rows, pasted):
-        frames[row] = frame
+        weight = 1.0 if plan.weights is None else float(plan.weights[output_indices[row]])
+        frames[row] = frame if weight == 1.0 else mix_frames(frames[row], frame, weight)
     return frames
 
 
@@ -332,6 +360,22 @@ def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPla
     yield from _generate(source, regions, plan, predict, vae, variant, batch_size, decode, progress, paste_on_device)
 
 
+def beyond_yaw(track: FaceTrack, max_yaw: float) -> np.ndarray:
+    """``[N]`` bool: source frames with a face turned more than ``max_yaw`` degrees (see :mod:`.head_pose`)."""
+    return track.has_face & (np.abs(np.nan_to_num(head_yaws(track.landmarks))) > max_yaw)
+
+
+def pass_through_plan(plan: OutputPlan, track: FaceTrack, options: DubOptions,
+                      speech: np.ndarray | None = None) -> OutputPlan:
+    """``plan`` with the frames that ``silence="source"`` (silent per ``speech``) and ``max_yaw`` pass through."""
+    pass_through = np.zeros(plan.num_frames, bool)
+    if options.silence == "source" and speech is not None:
+        pass_through |= ~np.asarray(speech, bool)[:plan.num_frames]
+    if options.max_yaw is not None:
+        pass_through |= beyond_yaw(track, options.max_yaw)[plan.source_indices]
+    return plan.with_pass_through(pass_through) if pass_through.any() else plan
+
+
 def lip_sync_frames(
     source: FrameSource,
     avatar: Avatar,
@@ -340,13 +384,18 @@ def lip_sync_frames(
     vae: FaceVAE,
     options: DubOptions = DubOptions(),
     progress: Progress | None = None,
+    speech: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the lip-synced output frames (RGB ``uint8``): UNet, decode and blend one batch at a time.
 
-    Frames whose source frame has no face are yielded unchanged. Blending runs
-    on a worker thread while the models work on the next batch.
+    Frames whose source frame has no face are yielded unchanged, and so are
+    the frames ``options.max_yaw`` and, with ``options.silence == "source"``,
+    the silent frames of ``speech`` (one bool per output frame) pass through
+    (crossfaded at the edges). Blending runs on a worker thread while the
+    models work on the next batch.
     """
     plan = OutputPlan.build(audio.num_frames, avatar.track.has_face, options.length_policy)
+    plan = pass_through_plan(plan, avatar.track, options, speech)
 
     def predict(output_indices: np.ndarray) -> torch.Tensor:
         return predict_faces(unet, avatar, audio, plan, output_indices)
@@ -379,6 +428,8 @@ class DubReport:
     frames_without_face: list[tuple[int, int]]
     random_weights: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    silent_spans: list[tuple[int, int]] = field(default_factory=list)  # output frames, with silence != "model"
+    frames_beyond_yaw: list[tuple[int, int]] = field(default_factory=list)  # source frames, with max_yaw
 
     @property
     def duration(self) -> float:
@@ -453,9 +504,20 @@ def dub(
     check_faces_found(avatar.track, options.allow_no_face)
     if avatar.track.missing_ranges():
         logger.warning(avatar.track.face_summary())
+    turned = true_ranges(beyond_yaw(avatar.track, options.max_yaw)) if options.max_yaw is not None else []
+    if turned:
+        logger.warning("Head turned more than %g degrees in source frames %s: they keep the source face.",
+                       options.max_yaw, turned)
 
     started = time.perf_counter()
     fps = float(source.frame_rate)
+    speech = None
+    if options.silence != "model":
+        speech_fps = fps if options.exact_fps else float(int(fps))
+        speech = detect_speech(audio_16k, speech_fps, int(np.ceil(len(audio_16k) / 16000 * speech_fps)))
+        logger.info("Silent output frames (silence=%s): %s", options.silence, silent_spans(speech) or "none")
+        if options.silence == "gate":
+            audio_16k = gate_silence(audio_16k, speech, speech_fps)
     features = compute_audio_features(models.whisper, audio_16k, fps, options)
     if features.num_frames == 0:
         raise ValueError(f"{audio_path} is shorter than one video frame ({1 / fps:.3f} s).")
@@ -465,7 +527,7 @@ def dub(
     frames = 0
     with VideoWriter(output_path, source.width, source.height, source.frame_rate, samples, sample_rate,
                      crf=crf) as writer:
-        for frame in lip_sync_frames(source, avatar, features, models.unet, models.vae, options, progress):
+        for frame in lip_sync_frames(source, avatar, features, models.unet, models.vae, options, progress, speech):
             writer.write(frame)
             frames += 1
     timings["lip sync + encode"] = time.perf_counter() - started
@@ -476,4 +538,6 @@ def dub(
         frames_without_face=avatar.track.missing_ranges(),
         random_weights=models.files.random_weights,
         seconds=timings,
+        silent_spans=silent_spans(speech[:frames]) if speech is not None else [],
+        frames_beyond_yaw=turned,
     )
