@@ -98,11 +98,12 @@ def test_source_mode_shows_the_source_frames_in_silence(tiny_models, media, tmp_
             assert np.all((shown >= low) & (shown <= high)) and not np.array_equal(shown, original), index
 
 
-def test_dub_reports_the_silent_spans(tiny_models, media, tmp_path):
+def test_dub_reports_silent_spans_and_turned_heads(tiny_models, media, tmp_path):
     report = dub(media / "talking_closeup.mp4", media / "silence_2s.wav", tmp_path / "out.mp4", tiny_models,
                  cache_root=tmp_path / "avatars", landmarks_path=media / "landmarks" / "talking_closeup.json",
-                 settings=AvatarSettings(mask_mode="landmarks"), options=DubOptions(silence="gate"))
+                 settings=AvatarSettings(mask_mode="landmarks"), options=DubOptions(silence="gate", max_yaw=10))
     assert report.silent_spans == [(0, report.frames - 1)]
+    assert report.frames_beyond_yaw == [(0, 12)]  # talking_closeup starts turned 13-16 degrees
 
 
 def test_silence_mode_is_checked():
