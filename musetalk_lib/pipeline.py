@@ -35,7 +35,6 @@ import torch
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import load_audio, to_whisper_input
 from .avatar import Avatar, AvatarSettings, FaceTrack, Progress, prepare_avatar
-from .blending import paste_face
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
 from .face_detection import create_detector
@@ -49,6 +48,7 @@ from .read_ahead import ReadAhead
 from .run_files import check_input_files, check_output_path
 from .silence import detect_speech, gate_silence, silent_spans
 from .unet import MuseTalkUNet, load_unet
+from .upright import paste_face_upright
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
 from .weights import ModelFiles, find_model_files
@@ -227,6 +227,8 @@ class LatentSource(Protocol):
 
 
 class RegionSource(Protocol):
+    track: FaceTrack
+
     def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray], variant: str = "normal") -> list: ...
 
     def first_pasted_row(self, indices: Sequence[int], variant: str = "normal") -> int: ...
@@ -270,7 +272,8 @@ def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPl
     if device_paste is not None:
         pasted = device_paste([frames[row] for row in face_rows], faces, areas)
     else:
-        pasted = [paste_face(frames[row], face, *area) for row, face, area in zip(face_rows, faces, areas)]
+        pasted = [paste_face_upright(frames[row], face, *area, regions.track.rotation(index))
+                  for row, index, face, area in zip(face_rows, with_face, faces, areas)]
     for row, frame in zip(face_rows, pasted):
         weight = 1.0 if plan.weights is None else float(plan.weights[output_indices[row]])
         frames[row] = frame if weight == 1.0 else mix_frames(frames[row], frame, weight)
@@ -320,6 +323,9 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
     """
     if paste_on_device is None:
         paste_on_device = vae.device.type != "cpu"
+    if paste_on_device and regions.track.rotated:
+        logger.info("Faces turned upright (align_roll) are pasted on the CPU.")
+        paste_on_device = False
     device_paste = DevicePaste() if paste_on_device else None
     empty = np.zeros((0, 256, 256, 3), np.uint8)
     batches = list(_batches(plan.num_frames, batch_size))
