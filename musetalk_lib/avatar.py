@@ -76,6 +76,7 @@ from .cache_folder import check_fields, checksum, discard, publish, read_verifie
 from .crop import V15_EXTRA_MARGIN, Box, crop_face, official_face_box
 from .face_parsing import PARSING_SIZE
 from .faces import Face, select_faces, smooth_faces
+from .mask_smoothing import MaskSmoother
 from .options import MASK_MODES
 from .upright import level_rotation, transform_points, upright_frame
 
@@ -416,6 +417,9 @@ class BlendMasks(BlendRegions):
     def __init__(self, track: FaceTrack, settings: AvatarSettings, mode: str, parser: FaceParser | None = None):
         if mode not in MASK_MODES:
             raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
+        if settings.mask_smoothing:
+            raise ValueError("mask_smoothing needs the masks of the neighbouring frames: prepare the avatar "
+                             "(prepare_avatar) instead of computing masks on demand.")
         super().__init__(track, settings)
         self.mode, self.parser = mode, parser
 
@@ -585,9 +589,10 @@ class _ShardWriter:
     written: int = 0
 
     def add(self, latents: torch.Tensor, masks: np.ndarray) -> None:
+        """Queue latents and masks of the next frames; the masks may lag behind (``mask_smoothing``)."""
         self.latents.extend(latents.float().cpu())
-        self.masks.extend(np.packbits(masks > 127, axis=None).reshape(len(masks), -1))
-        while len(self.latents) >= SHARD_SIZE:
+        self.masks.extend(np.packbits(mask > 127) for mask in masks)
+        while min(len(self.latents), len(self.masks)) >= SHARD_SIZE:
             self._flush(SHARD_SIZE)
 
     def _flush(self, count: int) -> None:
@@ -614,12 +619,16 @@ def _build(folder: Path, key: str, source: FrameSource, track: FaceTrack, settin
         "rotations": torch.from_numpy(np.tile(_IDENTITY, (track.num_frames, 1, 1)) if track.rotations is None
                                       else track.rotations)})}
     shards = _ShardWriter(folder, checksums)
+    smoother = MaskSmoother(track, settings.expand, settings.mask_smoothing) if settings.mask_smoothing else None
     done = 0
     for indices, frames in _face_batches(source, track, batch_size):
-        shards.add(_encode(vae, track, indices, frames), face_masks(frames, track, indices, mask_mode, settings, parser))
+        masks = face_masks(frames, track, indices, mask_mode, settings, parser)
+        shards.add(_encode(vae, track, indices, frames), masks if smoother is None else smoother.push(indices, masks))
         done += len(indices)
         if progress:
             progress("encode avatar", done, len(track.face_frames))
+    if smoother is not None:
+        shards.add(torch.zeros((0, 8, 32, 32)), smoother.finish())
     shards.close()
     manifest = {
         "format_version": FORMAT_VERSION,
