@@ -106,6 +106,13 @@ def _add_face_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mask", choices=["jaw", "raw", "neck", "landmarks"],
                        help="blend mask: face parsing modes, or landmarks (no parsing weights); "
                             "default jaw for v15, raw for v1")
+    group.add_argument("--align-roll", type=float, metavar="DEGREES",
+                       help="upright crops for tilted heads: when the eye line is tilted more than this (e.g. 10), "
+                            "turn the face upright before cropping and turn the generated face back when pasting "
+                            "(default: off, the official crop)")
+    group.add_argument("--mask-smoothing", type=int, default=0, metavar="FRAMES",
+                       help="steady mask edges: vote each frame's blend mask with the masks of this many frames on "
+                            "each side, aligned through the crop boxes (e.g. 2; default: %(default)s = off)")
     group.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                        help="avatar cache folder (default: %(default)s; env MUSETALK_CACHE_DIR)")
     group.add_argument("--fps", type=float, default=25.0, help="frame rate for a still-image source (default: %(default)s)")
@@ -199,7 +206,8 @@ def _avatar_settings(args):
 
     return AvatarSettings(version=args.version, bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
                           face_selection=args.face, face_index=args.face_index, face_point=args.face_point,
-                          smoothing=args.smoothing, mask_mode=args.mask)
+                          smoothing=args.smoothing, mask_mode=args.mask, align_roll=args.align_roll,
+                          mask_smoothing=args.mask_smoothing)
 
 
 def _load_models(args):
