@@ -118,3 +118,15 @@ def test_align_roll_is_part_of_the_cache_key(tiny_models, clip, tmp_path):
 def test_align_roll_is_checked():
     with pytest.raises(ValueError, match="align_roll"):
         AvatarSettings(align_roll=-1)
+
+
+def test_turned_faces_fall_back_to_the_cpu_paste(tiny_models, clip, tmp_path, media):
+    frames, faces = turned(clip, 15)
+    settings = AvatarSettings(mask_mode="landmarks", align_roll=5)
+    source = ArraySource(frames, FPS)
+    avatar = prepare_avatar(source, tiny_models.vae, tmp_path, settings, faces=faces)
+    features = compute_audio_features(tiny_models.whisper, load_audio_16k(media / "speech_short.wav")[:3200], FPS)
+    runs = [list(lip_sync_frames(source, avatar, features, tiny_models.unet, tiny_models.vae,
+                                 DubOptions(length_policy="trim", paste_on_device=on_device)))
+            for on_device in (True, False)]
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
