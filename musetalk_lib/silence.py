@@ -15,10 +15,17 @@ whatever Whisper makes of it. ``silence`` chooses what to do:
     each edge (:mod:`~musetalk_lib.passthrough`): for idle-loop avatars whose
     own mouth is closed.
 
-Detection is an energy detector, not a VAD library: it needs no model or
-download, runs in microseconds per frame, and its decisions are easy to
-explain and test. (No VAD package was available offline here: ``webrtcvad``
-needs a C compiler at install time, Silero VAD needs its model weights.) Each
+Detection is an energy detector, not a VAD library. Two VADs do install
+cleanly from PyPI (``webrtcvad-wheels``: binary wheels of a C extension;
+``silero-vad``: MIT, ships its model), but Silero's model is a TorchScript
+archive loaded with ``torch.jit.load`` (outside our safe weight loader) or
+needs onnxruntime, and WebRTC's adds a compiled dependency on every platform
+ComfyUI runs on while judging 10-30 ms frames by fixed models. What has to be
+told apart here -- pauses, breaths and room noise against the clip's own
+speech -- differs mainly in level, which an energy detector relative to the
+clip's speech level measures directly, deterministically, without any
+dependency, in microseconds per frame. (A breath louder than 24 dB below the
+speech level counts as speech.) Each
 output frame's RMS level (the samples of ``[i / fps, (i + 1) / fps)``) is
 compared with the clip's own speech level, the 95th percentile of the frame
 levels: a frame starts speech above ``level - ON_BELOW_SPEECH_DB`` and speech
