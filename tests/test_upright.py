@@ -94,8 +94,8 @@ def test_untilted_faces_give_the_same_result(tiny_models, clip, tmp_path, media)
     frames, faces = clip  # eye line tilted 7-10 degrees
     faces = [[face] for face in faces]
     official_avatar, official = dub_frames(tiny_models, frames, faces, FAST, tmp_path / "a", media)
-    aligned_avatar, aligned = dub_frames(tiny_models, frames, faces, AvatarSettings(mask_mode="landmarks",
-                                                                                    align_roll=12), tmp_path / "b", media)
+    settings = AvatarSettings(mask_mode="landmarks", align_roll=12)
+    aligned_avatar, aligned = dub_frames(tiny_models, frames, faces, settings, tmp_path / "b", media)
     assert not aligned_avatar.track.rotated and aligned_avatar.folder != official_avatar.folder
     assert all(np.array_equal(a, b) for a, b in zip(official, aligned))
 
