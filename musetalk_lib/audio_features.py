@@ -169,6 +169,7 @@ class AudioFeatures:
     features: torch.Tensor  # [L, 5, 384] float32
     index: np.ndarray  # [T, W] int64, -1 = zero slot
     fps: float
+    speech: np.ndarray | None = None  # [T] bool, False = silent frame; set when silence handling is on
 
     @classmethod
     def for_video(

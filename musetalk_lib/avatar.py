@@ -6,12 +6,13 @@ blending mask. The result is cached in a folder keyed by a hash of the source
 frames, the settings and the models, so dubbing the same video with other
 speech skips straight to the UNet.
 
-Cache layout (format version 2)::
+Cache layout (format version 3)::
 
     <cache root>/<key>/
         manifest.json            format version, key, settings, mask mode, frame counts, size, frame rate,
                                  description (e.g. the source path), SHA-256 of every other file
-        track.safetensors        boxes [N,4] int32, has_face [N] uint8, landmarks [N,68,2] float32
+        track.safetensors        boxes [N,4] int32, has_face [N] uint8, landmarks [N,68,2] float32,
+                                 rotations [N,2,3] float64 (frame to upright view; identity: none)
         shard-00000.safetensors  latents [k,8,32,32] float32, masks [k,32768] uint8 (bit-packed 512x512)
         ...
 
@@ -75,7 +76,9 @@ from .cache_folder import check_fields, checksum, discard, publish, read_verifie
 from .crop import V15_EXTRA_MARGIN, Box, crop_face, official_face_box
 from .face_parsing import PARSING_SIZE
 from .faces import Face, select_faces, smooth_faces
+from .mask_smoothing import MaskSmoother
 from .options import MASK_MODES
+from .upright import level_rotation, transform_points, upright_frame
 
 if TYPE_CHECKING:
     from .face_detection import FaceDetector
@@ -98,7 +101,7 @@ __all__ = [
     "prepare_avatar",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _KEY_SCHEME = 1  # what goes into a cache key; the layout's own version (FORMAT_VERSION) is checked on opening
 SHARD_SIZE = 256
 REGION_CACHE_BYTES = 256 * 2**20  # blend alphas kept per source frame
@@ -115,7 +118,16 @@ class AvatarCacheError(RuntimeError):
 
 @dataclass(frozen=True)
 class AvatarSettings:
-    """How faces are chosen, cropped and masked. ``None`` fields take the version's official default."""
+    """How faces are chosen, cropped and masked. ``None`` fields take the version's official default.
+
+    ``align_roll``: faces whose eye line is tilted more than this many degrees
+    are turned upright before cropping and turned back when pasted; ``None``
+    (default) crops every face as it is (see :mod:`~musetalk_lib.upright`).
+
+    ``mask_smoothing``: blend masks are averaged over this many frames on each
+    side, aligned through the crop boxes, so the mask edge does not flicker;
+    0 (default) keeps each frame's own mask (see :mod:`~musetalk_lib.mask_smoothing`).
+    """
 
     version: str = "v15"
     bbox_shift: int = 0
@@ -127,6 +139,16 @@ class AvatarSettings:
     mask_mode: str | None = None
     cheek_width: int = 90
     expand: float = 1.5
+    align_roll: float | None = None
+    mask_smoothing: int = 0
+
+    def __post_init__(self):
+        if self.align_roll is not None:
+            if not 0 <= self.align_roll < 90:
+                raise ValueError(f"align_roll must be at least 0 and below 90 degrees, got {self.align_roll}.")
+            object.__setattr__(self, "align_roll", float(self.align_roll))  # 5 and 5.0: one cache key
+        if self.mask_smoothing < 0:
+            raise ValueError(f"mask_smoothing must be 0 (off) or more frames, got {self.mask_smoothing}.")
 
     @property
     def margin(self) -> int:
@@ -145,11 +167,32 @@ class AvatarSettings:
 
 @dataclass
 class FaceTrack:
-    """One crop box per source frame (or none), with the landmarks it came from."""
+    """One crop box per source frame (or none), with the landmarks it came from.
+
+    Where a frame has a rotation (``align_roll``), its box and landmarks are in
+    the coordinates of its upright view (:func:`~musetalk_lib.upright.upright_frame`).
+    """
 
     boxes: np.ndarray  # [N, 4] int32; zeros where there is no face
     has_face: np.ndarray  # [N] bool
     landmarks: np.ndarray  # [N, 68, 2] float32; NaN where there is no face
+    rotations: np.ndarray | None = None  # [N, 2, 3] float64 frame -> upright view; identity rows: none; None: none
+
+    def rotation(self, index: int) -> np.ndarray | None:
+        """The frame-to-upright rotation of source frame ``index``, or None where it is cropped as it is."""
+        if self.rotations is None or np.array_equal(self.rotations[index], _IDENTITY):
+            return None
+        return self.rotations[index]
+
+    @property
+    def rotated(self) -> bool:
+        """Whether any frame is turned upright."""
+        return self.rotations is not None and not np.all(self.rotations == _IDENTITY)
+
+    def upright(self, frame: np.ndarray, index: int) -> np.ndarray:
+        """Source frame ``index`` (pixels ``frame``) as its box and landmarks see it."""
+        rotation = self.rotation(index)
+        return frame if rotation is None else upright_frame(frame, rotation)
 
     @property
     def num_frames(self) -> int:
@@ -185,6 +228,9 @@ class FaceTrack:
                 "through unchanged.")
 
 
+_IDENTITY = np.eye(2, 3)
+
+
 def detect_faces(source: FrameSource, detector: FaceDetector, batch_size: int = 8,
                  progress: Progress | None = None) -> list[list[Face]]:
     """Run a detector over every frame of ``source``, a batch at a time."""
@@ -208,22 +254,35 @@ def _clip_box(box: Box | None, width: int, height: int) -> Box | None:
 
 def build_track(faces_per_frame: Sequence[Sequence[Face]], width: int, height: int,
                 settings: AvatarSettings) -> FaceTrack:
-    """Choose one face per frame, smooth it over time and derive the official crop boxes."""
+    """Choose one face per frame, smooth it over time and derive the official crop boxes.
+
+    With ``settings.align_roll``, tilted faces get their box from the landmarks turned upright.
+    """
     chosen = select_faces(faces_per_frame, settings.face_selection, settings.face_index, settings.face_point)
     chosen = smooth_faces(chosen, settings.smoothing)
     count = len(chosen)
     boxes = np.zeros((count, 4), np.int32)
     has_face = np.zeros(count, bool)
     landmarks = np.full((count, 68, 2), np.nan, np.float32)
+    rotations = np.tile(_IDENTITY, (count, 1, 1))
     for index, face in enumerate(chosen):
         if face is None:
             continue
-        detector_box = tuple(int(v) for v in face.box)
-        box = official_face_box(face.landmarks, height, settings.bbox_shift, settings.margin, fallback=detector_box)
+        points, detector_box = face.landmarks, face.box
+        rotation = None if settings.align_roll is None else level_rotation(points, settings.align_roll)
+        if rotation is not None:
+            points = transform_points(points, rotation)
+            x1, y1, x2, y2 = detector_box
+            corners = transform_points(np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]), rotation)
+            detector_box = (*corners.min(axis=0), *corners.max(axis=0))
+        box = official_face_box(points, height, settings.bbox_shift, settings.margin,
+                                fallback=tuple(int(v) for v in detector_box))
         box = _clip_box(box, width, height)
         if box is not None:
-            boxes[index], has_face[index], landmarks[index] = box, True, face.landmarks
-    return FaceTrack(boxes, has_face, landmarks)
+            boxes[index], has_face[index], landmarks[index] = box, True, points
+            if rotation is not None:
+                rotations[index] = rotation
+    return FaceTrack(boxes, has_face, landmarks, rotations)
 
 
 def face_masks(frames: Sequence[np.ndarray], track: FaceTrack, indices: Sequence[int], mode: str,
@@ -234,7 +293,8 @@ def face_masks(frames: Sequence[np.ndarray], track: FaceTrack, indices: Sequence
         return np.stack([landmark_mask(track.landmarks[i], square) for i, square in zip(indices, squares)])
     if parser is None:
         raise ValueError(f"Mask mode {mode!r} needs the face-parsing model; use 'landmarks' without it.")
-    labels = parser.labels([crop_with_padding(frame, square) for frame, square in zip(frames, squares)])
+    labels = parser.labels([crop_with_padding(track.upright(frame, i), square)
+                            for frame, i, square in zip(frames, indices, squares)])
     return np.stack([parsing_mask(label, mode, settings.cheek_width) for label in labels])
 
 
@@ -247,7 +307,7 @@ def _face_batches(source: FrameSource, track: FaceTrack, batch_size: int):
 
 
 def _encode(vae: FaceVAE, track: FaceTrack, indices: Sequence[int], frames: Sequence[np.ndarray]) -> torch.Tensor:
-    crops = np.stack([crop_face(frame, track.box(i)) for frame, i in zip(frames, indices)])
+    crops = np.stack([crop_face(track.upright(frame, i), track.box(i)) for frame, i in zip(frames, indices)])
     return vae.encode_masked_and_reference(crops)
 
 
@@ -357,6 +417,9 @@ class BlendMasks(BlendRegions):
     def __init__(self, track: FaceTrack, settings: AvatarSettings, mode: str, parser: FaceParser | None = None):
         if mode not in MASK_MODES:
             raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
+        if settings.mask_smoothing:
+            raise ValueError("mask_smoothing needs the masks of the neighbouring frames: prepare the avatar "
+                             "(prepare_avatar) instead of computing masks on demand.")
         super().__init__(track, settings)
         self.mode, self.parser = mode, parser
 
@@ -422,7 +485,8 @@ class Avatar(BlendRegions):
         try:
             self.manifest = _read_manifest(self.folder)
             track = safetensors.numpy.load(self._read(TRACK_FILE))
-            self.track = FaceTrack(track["boxes"], track["has_face"].astype(bool), track["landmarks"])
+            self.track = FaceTrack(track["boxes"], track["has_face"].astype(bool), track["landmarks"],
+                                   track["rotations"])
             counts = self.manifest["num_frames"], self.manifest["frames_with_face"]
             if (self.track.num_frames, len(self.track.face_frames)) != counts:
                 raise ValueError(f"the track does not have the manifest's {counts[0]} frames, {counts[1]} with a face")
@@ -525,9 +589,10 @@ class _ShardWriter:
     written: int = 0
 
     def add(self, latents: torch.Tensor, masks: np.ndarray) -> None:
+        """Queue latents and masks of the next frames; the masks may lag behind (``mask_smoothing``)."""
         self.latents.extend(latents.float().cpu())
-        self.masks.extend(np.packbits(masks > 127, axis=None).reshape(len(masks), -1))
-        while len(self.latents) >= SHARD_SIZE:
+        self.masks.extend(np.packbits(mask > 127) for mask in masks)
+        while min(len(self.latents), len(self.masks)) >= SHARD_SIZE:
             self._flush(SHARD_SIZE)
 
     def _flush(self, count: int) -> None:
@@ -550,14 +615,20 @@ def _build(folder: Path, key: str, source: FrameSource, track: FaceTrack, settin
     folder.mkdir(parents=True)
     checksums = {TRACK_FILE: _write_tensors(folder / TRACK_FILE, {
         "boxes": torch.from_numpy(track.boxes), "has_face": torch.from_numpy(track.has_face.astype(np.uint8)),
-        "landmarks": torch.from_numpy(track.landmarks)})}
+        "landmarks": torch.from_numpy(track.landmarks),
+        "rotations": torch.from_numpy(np.tile(_IDENTITY, (track.num_frames, 1, 1)) if track.rotations is None
+                                      else track.rotations)})}
     shards = _ShardWriter(folder, checksums)
+    smoother = MaskSmoother(track, settings.expand, settings.mask_smoothing) if settings.mask_smoothing else None
     done = 0
     for indices, frames in _face_batches(source, track, batch_size):
-        shards.add(_encode(vae, track, indices, frames), face_masks(frames, track, indices, mask_mode, settings, parser))
+        masks = face_masks(frames, track, indices, mask_mode, settings, parser)
+        shards.add(_encode(vae, track, indices, frames), masks if smoother is None else smoother.push(indices, masks))
         done += len(indices)
         if progress:
             progress("encode avatar", done, len(track.face_frames))
+    if smoother is not None:
+        shards.add(torch.zeros((0, 8, 32, 32)), smoother.finish())
     shards.close()
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -107,6 +107,13 @@ def _add_face_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mask", choices=["jaw", "raw", "neck", "landmarks"],
                        help="blend mask: face parsing modes, or landmarks (no parsing weights); "
                             "default jaw for v15, raw for v1")
+    group.add_argument("--align-roll", type=float, metavar="DEGREES",
+                       help="upright crops for tilted heads: when the eye line is tilted more than this (e.g. 10), "
+                            "turn the face upright before cropping and turn the generated face back when pasting "
+                            "(default: off, the official crop)")
+    group.add_argument("--mask-smoothing", type=int, default=0, metavar="FRAMES",
+                       help="steady mask edges: vote each frame's blend mask with the masks of this many frames on "
+                            "each side, aligned through the crop boxes (e.g. 2; default: %(default)s = off)")
     group.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                        help="avatar cache folder (default: %(default)s; env MUSETALK_CACHE_DIR)")
     group.add_argument("--fps", type=float, default=25.0, help="frame rate for a still-image source (default: %(default)s)")
@@ -150,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: %(default)s)")
     generation.add_argument("--preview-seconds", type=float, metavar="SECONDS",
                             help="dub only the first SECONDS of the speech, to tune face and blend settings quickly")
+    generation.add_argument("--silence", choices=["model", "gate", "source"], default="model",
+                            help="what silent stretches of the speech (pauses, breaths, room noise) do: model = "
+                                 "the model decides (official, default); gate = silence becomes digital zeros "
+                                 "before Whisper so noise stops moving the mouth; source = the source frames show "
+                                 "there, crossfaded (for idle loops with a closed mouth). The spans are reported")
+    generation.add_argument("--max-yaw", type=float, metavar="DEGREES",
+                            help="face quality gate: frames whose head is turned further than this from frontal "
+                                 "(estimated from the landmarks; e.g. 45) keep the source face, crossfaded, instead "
+                                 "of a broken generated mouth (default: off)")
     generation.add_argument("--allow-no-face", action="store_true",
                             help="when no frame has the face, write the video unchanged (exit 0) instead of "
                                  "failing with exit status 3")
@@ -194,7 +210,8 @@ def _avatar_settings(args):
 
     return AvatarSettings(version=args.version, bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
                           face_selection=args.face, face_index=args.face_index, face_point=args.face_point,
-                          smoothing=args.smoothing, mask_mode=args.mask)
+                          smoothing=args.smoothing, mask_mode=args.mask, align_roll=args.align_roll,
+                          mask_smoothing=args.mask_smoothing)
 
 
 def _load_models(args):
@@ -217,7 +234,7 @@ def _run_dub(args, progress: _Progress) -> None:
     check_dub_files(args.source, args.audio, args.output, args.landmarks, args.cache_dir)  # before loading the models
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
                          exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face,
-                         preview_seconds=args.preview_seconds)
+                         preview_seconds=args.preview_seconds, silence=args.silence, max_yaw=args.max_yaw)
     report = dub(args.source, args.audio, args.output, _load_models(args), settings=_avatar_settings(args),
                  options=options, cache_root=args.cache_dir, landmarks_path=args.landmarks,
                  face_backend=args.face_backend, face_models_dir=args.models_dir, still_fps=args.fps,
@@ -227,6 +244,10 @@ def _run_dub(args, progress: _Progress) -> None:
           f"({report.duration:.2f} s){' [RANDOM WEIGHTS]' if report.random_weights else ''}")
     if report.frames_without_face:
         print(f"No face found in source frames {report.frames_without_face}; they were left unchanged.")
+    if report.frames_beyond_yaw:
+        print(f"Head turned past --max-yaw in source frames {report.frames_beyond_yaw}; they keep the source face.")
+    if args.silence != "model":
+        print(f"Silent output frames ({args.silence}): {report.silent_spans or 'none'}")
     print("Time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()))
 
 

@@ -35,17 +35,20 @@ import torch
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import WHISPER_SAMPLE_RATE, load_audio, to_whisper_input
 from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, Progress, prepare_avatar
-from .blending import paste_face
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
 from .face_detection import create_detector
 from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
-from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES
+from .head_pose import head_yaws
+from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES, SILENCE_MODES
+from .passthrough import crossfade_weights, mix_frames, true_ranges
 from .read_ahead import ReadAhead
 from .run_files import check_input_files, check_output_path
+from .silence import detect_speech, gate_silence, silent_spans
 from .unet import MuseTalkUNet, load_unet
+from .upright import paste_face_upright
 from .vae import FaceVAE, load_vae
 from .video_io import VideoWriter
 from .weights import ModelFiles, find_model_files
@@ -58,6 +61,7 @@ __all__ = [
     "MuseTalkModels",
     "NoFaceError",
     "OutputPlan",
+    "beyond_yaw",
     "blend_frames",
     "blended_frames",
     "check_dub_files",
@@ -67,6 +71,8 @@ __all__ = [
     "dub",
     "lip_sync_frames",
     "output_frame_count",
+    "output_plan",
+    "pass_through_plan",
     "predict_all",
     "predict_faces",
     "speech_features",
@@ -143,7 +149,16 @@ class MuseTalkModels:
 
 @dataclass(frozen=True)
 class DubOptions:
-    """Generation options that do not change the avatar."""
+    """Generation options that do not change the avatar.
+
+    ``silence``: what silent stretches of the speech do to the mouth: ``model``
+    lets the model decide (official), ``gate`` turns silence into digital
+    zeros before Whisper, ``source`` shows the source frames there.
+
+    ``max_yaw``: frames whose head is turned further than this many degrees
+    from frontal keep the source face (crossfaded) instead of a generated
+    mouth; ``None`` (default) generates every frame with a face.
+    """
 
     batch_size: int = 8
     length_policy: str = "pingpong"
@@ -155,6 +170,8 @@ class DubOptions:
     paste_on_device: bool | None = None  # paste where the VAE runs; None: when that is not the CPU
     allow_no_face: bool = False  # a source with no face anywhere: write it unchanged instead of failing
     preview_seconds: float | None = None  # dub only the first seconds of the speech (quick tuning)
+    silence: str = "model"  # "model" (official), "gate" or "source": see musetalk_lib.silence
+    max_yaw: float | None = None  # degrees; None: no face quality gate (see musetalk_lib.head_pose)
 
     def __post_init__(self):
         if self.length_policy not in LENGTH_POLICIES:
@@ -167,6 +184,10 @@ class DubOptions:
             raise ValueError("batch_size must be at least 1")
         if self.preview_seconds is not None and self.preview_seconds <= 0:
             raise ValueError("preview_seconds must be positive (or unset for the whole speech).")
+        if self.silence not in SILENCE_MODES:
+            raise ValueError(f"Unknown silence mode {self.silence!r}; choose one of {', '.join(SILENCE_MODES)}.")
+        if self.max_yaw is not None and not 0 < self.max_yaw < 90:
+            raise ValueError(f"max_yaw must be between 0 and 90 degrees (exclusive), got {self.max_yaw}.")
 
     def speech_to_dub(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """The part of ``samples`` (``[channels, samples]``) to dub: the first ``preview_seconds``, or all."""
@@ -187,14 +208,28 @@ def speech_features(whisper: WhisperAudioEncoder, samples: np.ndarray, sample_ra
     """Whisper features of the speech to dub (``[channels, samples]`` at ``sample_rate``; see
     :meth:`DubOptions.speech_to_dub`) for a video at ``fps``.
 
+    With ``options.silence`` other than ``"model"`` the features carry the
+    speech activity of each video frame (:attr:`AudioFeatures.speech`), and
+    with ``"gate"`` the silent spans are zeroed before Whisper hears them.
+
     Raises:
         ValueError: the speech is shorter than one video frame.
     """
     audio_16k = to_whisper_input(options.speech_to_dub(samples, sample_rate), sample_rate)
+    speech = None
+    if options.silence != "model":  # speech activity per video frame; "gate" silences the rest before Whisper
+        speech_fps = fps if options.exact_fps else float(int(fps))
+        speech = detect_speech(audio_16k, speech_fps, int(np.ceil(len(audio_16k) / WHISPER_SAMPLE_RATE * speech_fps)))
+        logger.info("Silent output frames (silence=%s): %s", options.silence, silent_spans(speech) or "none")
+        if options.silence == "gate":
+            audio_16k = gate_silence(audio_16k, speech, speech_fps)
     features = compute_audio_features(whisper, audio_16k, fps, options)
     if features.num_frames == 0:
         raise ValueError(f"The speech ({audio_16k.shape[0] / WHISPER_SAMPLE_RATE:.3f} s) is shorter than one video "
                          f"frame ({1 / fps:.3f} s).")
+    if speech is not None:
+        features.speech = np.pad(speech, (0, max(features.num_frames - len(speech), 0)), constant_values=True)[
+            :features.num_frames]
     if progress:
         progress("audio", 1, 1)
     return features
@@ -205,7 +240,8 @@ class OutputPlan:
     """Which source frame each output frame shows, and whether it has a face to generate."""
 
     source_indices: np.ndarray  # [T] int64
-    has_face: np.ndarray  # [T] bool
+    has_face: np.ndarray  # [T] bool: the frame gets a generated face
+    weights: np.ndarray | None = None  # [T] float32 weight of the generated frame (crossfades); None: all 1
 
     @classmethod
     def build(cls, audio_frames: int, has_face: np.ndarray, policy: str = "pingpong") -> OutputPlan:
@@ -219,6 +255,12 @@ class OutputPlan:
     def num_frames(self) -> int:
         return len(self.source_indices)
 
+    def with_pass_through(self, pass_through: np.ndarray) -> OutputPlan:
+        """This plan with the output frames ``pass_through`` showing their source frame, crossfaded at the edges."""
+        pass_through = np.asarray(pass_through, bool) & self.has_face
+        weights = crossfade_weights(pass_through)
+        return OutputPlan(self.source_indices, self.has_face & (weights > 0), weights)
+
     def face_rows(self, output_indices: np.ndarray) -> np.ndarray:
         """Positions within ``output_indices`` whose source frame has a face."""
         return np.flatnonzero(self.has_face[output_indices])
@@ -229,6 +271,8 @@ class LatentSource(Protocol):
 
 
 class RegionSource(Protocol):
+    track: FaceTrack
+
     def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray], variant: str = "normal") -> list: ...
 
     def first_pasted_row(self, indices: Sequence[int], variant: str = "normal") -> int: ...
@@ -272,9 +316,11 @@ def blend_frames(frames: list[np.ndarray], regions: RegionSource, plan: OutputPl
     if device_paste is not None:
         pasted = device_paste([frames[row] for row in face_rows], faces, areas)
     else:
-        pasted = [paste_face(frames[row], face, *area) for row, face, area in zip(face_rows, faces, areas)]
+        pasted = [paste_face_upright(frames[row], face, *area, regions.track.rotation(index))
+                  for row, index, face, area in zip(face_rows, with_face, faces, areas)]
     for row, frame in zip(face_rows, pasted):
-        frames[row] = frame
+        weight = 1.0 if plan.weights is None else float(plan.weights[output_indices[row]])
+        frames[row] = frame if weight == 1.0 else mix_frames(frames[row], frame, weight)
     return frames
 
 
@@ -321,6 +367,9 @@ def _generate(source: FrameSource, regions: RegionSource, plan: OutputPlan,
     """
     if paste_on_device is None:
         paste_on_device = vae.device.type != "cpu"
+    if paste_on_device and regions.track.rotated:
+        logger.info("Faces turned upright (align_roll) are pasted on the CPU.")
+        paste_on_device = False
     device_paste = DevicePaste() if paste_on_device else None
     empty = np.zeros((0, 256, 256, 3), np.uint8)
     batches = list(_batches(plan.num_frames, batch_size))
@@ -380,6 +429,32 @@ def blended_frames(source: FrameSource, track: FaceTrack, settings: AvatarSettin
     return stream, notes
 
 
+def beyond_yaw(track: FaceTrack, max_yaw: float) -> np.ndarray:
+    """``[N]`` bool: source frames with a face turned more than ``max_yaw`` degrees (see :mod:`.head_pose`)."""
+    return track.has_face & (np.abs(np.nan_to_num(head_yaws(track.landmarks))) > max_yaw)
+
+
+def pass_through_plan(plan: OutputPlan, track: FaceTrack, options: DubOptions,
+                      speech: np.ndarray | None = None) -> OutputPlan:
+    """``plan`` with the frames that ``silence="source"`` (silent per ``speech``) and ``max_yaw`` pass through."""
+    pass_through = np.zeros(plan.num_frames, bool)
+    if options.silence == "source" and speech is not None:
+        pass_through |= ~np.asarray(speech, bool)[:plan.num_frames]
+    if options.max_yaw is not None:
+        pass_through |= beyond_yaw(track, options.max_yaw)[plan.source_indices]
+    return plan.with_pass_through(pass_through) if pass_through.any() else plan
+
+
+def output_plan(audio: AudioFeatures, track: FaceTrack, options: DubOptions = DubOptions()) -> OutputPlan:
+    """The output frames for ``audio`` over ``track``'s source: which source frame each shows, which get a face.
+
+    Frames ``options`` lets pass through (silent ones with ``silence="source"``,
+    turned heads beyond ``max_yaw``) keep the source face, crossfaded.
+    """
+    plan = OutputPlan.build(audio.num_frames, track.has_face, options.length_policy)
+    return pass_through_plan(plan, track, options, audio.speech)
+
+
 def lip_sync_frames(
     source: FrameSource,
     avatar: Avatar,
@@ -391,10 +466,12 @@ def lip_sync_frames(
 ) -> Iterator[np.ndarray]:
     """Yield the lip-synced output frames (RGB ``uint8``): UNet, decode and blend one batch at a time.
 
-    Frames whose source frame has no face are yielded unchanged. Blending runs
-    on a worker thread while the models work on the next batch.
+    Frames whose source frame has no face are yielded unchanged, and so are
+    the frames :func:`output_plan` lets pass through (crossfaded at the
+    edges). Blending runs on a worker thread while the models work on the
+    next batch.
     """
-    plan = OutputPlan.build(audio.num_frames, avatar.track.has_face, options.length_policy)
+    plan = output_plan(audio, avatar.track, options)
 
     def predict(output_indices: np.ndarray) -> torch.Tensor:
         return predict_faces(unet, avatar, audio, plan, output_indices)
@@ -427,6 +504,8 @@ class DubReport:
     frames_without_face: list[tuple[int, int]]
     random_weights: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    silent_spans: list[tuple[int, int]] = field(default_factory=list)  # output frames, with silence != "model"
+    frames_beyond_yaw: list[tuple[int, int]] = field(default_factory=list)  # source frames, with max_yaw
 
     @property
     def duration(self) -> float:
@@ -501,6 +580,10 @@ def dub(
     check_faces_found(avatar.track, options.allow_no_face)
     if avatar.track.missing_ranges():
         logger.warning(avatar.track.face_summary())
+    turned = true_ranges(beyond_yaw(avatar.track, options.max_yaw)) if options.max_yaw is not None else []
+    if turned:
+        logger.warning("Head turned more than %g degrees in source frames %s: they keep the source face.",
+                       options.max_yaw, turned)
 
     started = time.perf_counter()
     try:
@@ -524,4 +607,6 @@ def dub(
         frames_without_face=avatar.track.missing_ranges(),
         random_weights=models.files.random_weights,
         seconds=timings,
+        silent_spans=silent_spans(features.speech[:frames]) if features.speech is not None else [],
+        frames_beyond_yaw=turned,
     )
