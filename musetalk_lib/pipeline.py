@@ -72,6 +72,7 @@ __all__ = [
     "lip_sync_frames",
     "output_frame_count",
     "output_plan",
+    "pass_through_notes",
     "pass_through_plan",
     "predict_all",
     "predict_faces",
@@ -443,6 +444,19 @@ def pass_through_plan(plan: OutputPlan, track: FaceTrack, options: DubOptions,
     if options.max_yaw is not None:
         pass_through |= beyond_yaw(track, options.max_yaw)[plan.source_indices]
     return plan.with_pass_through(pass_through) if pass_through.any() else plan
+
+
+def pass_through_notes(audio: AudioFeatures, track: FaceTrack, options: DubOptions) -> list[str]:
+    """One line each for the silent spans and the turned heads ``options`` handle, for reports."""
+    notes = []
+    if audio.speech is not None:
+        notes.append(f"Silent output frames (silence={options.silence}): {silent_spans(audio.speech) or 'none'}.")
+    if options.max_yaw is not None:
+        turned = true_ranges(beyond_yaw(track, options.max_yaw))
+        if turned:
+            notes.append(f"Head turned more than {options.max_yaw:g} degrees in source frames {turned}: they keep "
+                         "the source face.")
+    return notes
 
 
 def output_plan(audio: AudioFeatures, track: FaceTrack, options: DubOptions = DubOptions()) -> OutputPlan:

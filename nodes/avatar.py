@@ -177,13 +177,22 @@ def files_identity(node: str, **names: str) -> str:
     return digest.hexdigest()
 
 
+def align_roll_input() -> io.Float.Input:
+    # Optional, so workflows saved before it existed still validate.
+    return io.Float.Input("align_roll", default=0.0, min=0.0, max=89.0, step=1.0, optional=True,
+                          tooltip="Upright crops for tilted heads: when the eye line is tilted more than this many "
+                                  "degrees, the face is turned level before generating and turned back when "
+                                  "pasted. 0 = off (official).")
+
+
 def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y, smoothing,
-                    version: str = "v15"):
+                    version: str = "v15", align_roll: float = 0.0):
     from ..musetalk_lib.avatar import AvatarSettings
 
     return AvatarSettings(version=version, bbox_shift=bbox_shift, extra_margin=extra_margin,
                           face_selection=face_selection, face_index=face_index,
-                          face_point=(float(face_point_x), float(face_point_y)), smoothing=smoothing)
+                          face_point=(float(face_point_x), float(face_point_y)), smoothing=smoothing,
+                          align_roll=align_roll or None)
 
 
 class MuseTalkLoadAvatar(io.ComfyNode):
@@ -200,7 +209,8 @@ class MuseTalkLoadAvatar(io.ComfyNode):
                         "through; the node lists them and the preview marks them.",
             inputs=[*source_inputs(), *face_inputs(),
                     io.Image.Input("images", optional=True,
-                                   tooltip="Frames from any loader (VHS Load Video, Get Video Components...).")],
+                                   tooltip="Frames from any loader (VHS Load Video, Get Video Components...)."),
+                    align_roll_input()],
             outputs=[sockets.Avatar.Output(display_name="avatar", tooltip="Frames and face track for the MuseTalk nodes."),
                      io.Image.Output(display_name="preview",
                                      tooltip="Crop boxes on a few frames; frames without a face say NO FACE."),
@@ -220,14 +230,14 @@ class MuseTalkLoadAvatar(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-                face_point_y, smoothing, landmarks_file, images=None) -> io.NodeOutput:
+                face_point_y, smoothing, landmarks_file, images=None, align_roll=0.0) -> io.NodeOutput:
         from ..musetalk_lib.face_preview import face_preview
         from .convert import AvatarPayload, frames_to_image
 
         with reported_as(cls.DISPLAY_NAME):
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)
             settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-                                       face_point_y, smoothing)
+                                       face_point_y, smoothing, align_roll=align_roll)
             track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
                                        Progress(), cls.DISPLAY_NAME)
             shown = face_preview(source, track)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..musetalk_lib.options import SILENCE_MODES
+
 from . import sockets
-from .avatar import avatar_settings, face_inputs, open_frames, source_inputs, track_faces
+from .avatar import align_roll_input, avatar_settings, face_inputs, open_frames, source_inputs, track_faces
 from .generation import (CATEGORY, batch_size_input, blend_input, face_parser_input, length_policy_input,
                          mask_mode_input)
 from .runtime import Progress, hidden_value, input_file_problem, output_is_linked, reported_as
@@ -19,10 +21,11 @@ def library_options(inputs: dict):
 
     settings = avatar_settings(inputs["bbox_shift"], inputs["extra_margin"], inputs["face_selection"],
                                inputs["face_index"], inputs["face_point_x"], inputs["face_point_y"],
-                               inputs["smoothing"])
+                               inputs["smoothing"], align_roll=inputs.get("align_roll", 0.0))
     settings = replace(settings, mask_mode=inputs["mask_mode"])
     options = DubOptions(batch_size=inputs["batch_size"], length_policy=inputs["length_policy"],
-                         blend_variant=inputs["blend"], preview_seconds=inputs.get("preview_seconds") or None)
+                         blend_variant=inputs["blend"], preview_seconds=inputs.get("preview_seconds") or None,
+                         silence=inputs.get("silence", "model"), max_yaw=inputs.get("max_yaw") or None)
     return settings, options
 
 
@@ -53,6 +56,16 @@ class MuseTalkDub(io.ComfyNode):
                 io.Float.Input("preview_seconds", default=0.0, min=0.0, max=3600.0, step=0.5, optional=True,
                                tooltip="Dub only the first seconds of the speech, to tune face and blend settings "
                                        "quickly. 0 = the whole speech."),
+                io.Combo.Input("silence", options=list(SILENCE_MODES), default="model", optional=True,
+                               tooltip="Silent stretches (pauses, breaths, room noise): model = the model decides "
+                                       "(official); gate = silence reaches Whisper as digital zeros so noise stops "
+                                       "moving the mouth; source = the source frames show there, crossfaded (idle "
+                                       "loops with a closed mouth)."),
+                io.Float.Input("max_yaw", default=0.0, min=0.0, max=89.0, step=1.0, optional=True,
+                               tooltip="Face quality gate: frames whose head is turned further than this many degrees "
+                                       "from frontal keep the source face, crossfaded. 0 = off (official); 25-35 "
+                                       "suits detected landmarks."),
+                align_roll_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Dubbed frames (built only when connected; use "
@@ -79,7 +92,7 @@ class MuseTalkDub(io.ComfyNode):
     def execute(cls, unet, vae, whisper, audio, file, fps, face_backend, landmarks_file, images=None,
                 face_parser=None, **inputs) -> io.NodeOutput:
         from ..musetalk_lib.avatar import encode_faces
-        from ..musetalk_lib.pipeline import OutputPlan, blended_frames, predict_all, speech_features
+        from ..musetalk_lib.pipeline import blended_frames, output_plan, pass_through_notes, predict_all, speech_features
         from .convert import audio_samples, audio_value, image_and_stream
 
         unique_id = hidden_value(cls, "unique_id")
@@ -93,14 +106,14 @@ class MuseTalkDub(io.ComfyNode):
             features = speech_features(whisper.ready(), samples, sample_rate, float(source.frame_rate), options,
                                        progress)
             faces = encode_faces(source, track, vae.ready(), options.batch_size, progress)
-            plan = OutputPlan.build(features.num_frames, track.has_face, options.length_policy)
+            plan = output_plan(features, track, options)
             predicted = predict_all(unet.ready(), faces, features, plan, options.batch_size, progress)
             stream, fallbacks = blended_frames(source, track, settings, plan, predicted, vae.ready(),
                                                face_parser.ready() if face_parser is not None else None, options,
                                                progress)
             images_out, stream = image_and_stream(stream, output_is_linked(hidden_value(cls, "prompt"), unique_id, 0),
                                                   even=True)
-        notes += fallbacks
+        notes += fallbacks + pass_through_notes(features, track, options)
         if options.preview_seconds:
             notes.append(f"Preview: only the first {options.preview_seconds:g} s of the speech were dubbed.")
         if unet.random_weights or vae.random_weights or whisper.random_weights:

@@ -613,3 +613,21 @@ def test_errors_name_the_node_and_never_a_module_path():
     with pytest.raises(Foreign):
         with runtime.reported_as("MuseTalk Dub"):
             raise Foreign("stop")
+
+
+def test_dub_failure_case_inputs_reach_the_library_and_the_report(workspace, loaded, media):
+    """silence, max_yaw and align_roll are optional Dub inputs; the silent spans are reported on the node."""
+    from importlib import import_module
+
+    library_options = import_module(PACK.__name__ + ".nodes.dub").library_options
+    inputs = dict(mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
+                  landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    settings, options = library_options({**inputs, "silence": "source", "max_yaw": 30.0, "align_roll": 10.0})
+    assert (options.silence, options.max_yaw, settings.align_roll) == ("source", 30.0, 10.0)
+    settings, options = library_options(inputs)  # a workflow saved before these inputs existed
+    assert (options.silence, options.max_yaw, settings.align_roll) == ("model", None, None)
+    speech = audio_value(media / "silence_2s.wav")
+    output = with_hidden(node("MuseTalkDub")).execute(loaded["unet"], loaded["vae"], loaded["whisper"], speech,
+                                                      "face_still.png", 25.0, preview_seconds=0.4,
+                                                      silence="gate", **inputs)
+    assert "Silent output frames (silence=gate): [(0, 9)]." in output.ui["text"]
