@@ -15,7 +15,7 @@ def test_quick_device_check_on_cpu():
     assert f"Python {sys.executable}" in out and "Device cpu:" in out
     assert "golden differences on cpu in bf16 (reported, not asserted)" in out
     table = out.split("## Device check")[1]
-    assert "| measurement | fp32, full decode (reference) | fp16, full decode | bf16, full decode |" in table
+    assert "| measurement | fp32, full decode (reference) | fp16, partial decode | bf16, partial decode |" in table
     assert "| golden cases on cpu | 2 passed, 17 deselected |" in table
     assert "| 320x180: unet (batch 2) (frames/s) | - |" in table
     assert "| 320x180: end to end (frames/s) | - |" in table and "| 320x180: peak RSS (MB) | - |" in table
