@@ -63,7 +63,8 @@ class DataConfig:
     n_sample_frames: int = 1  # consecutive target frames per sample (official: 1 in stage 1, 16 in stage 2)
     sampling: str = "sis"  # reference strategy: sis | pose | mouth | random
     top_k_ratio: float = 0.51  # official code; the paper says 0.4
-    min_reference_gap: int = 5  # references closer than this many frames to the target are redrawn
+    reference_selection: str = "paper"  # paper: only candidates > min_reference_gap frames away | official
+    min_reference_gap: int = 5  # paper: never within this many frames of the target; official: redrawn if closer
     crop_type: str = "crop_resize"  # crop_resize | dynamic_margin_crop_resize
     margin_mean: float = 10.0  # dynamic margin ~ N(mean, std) clipped to [0, max] pixels below the chin
     margin_std: float = 10.0

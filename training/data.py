@@ -174,7 +174,8 @@ class LipSyncDataset(Dataset):
                 raise ValueError(f"No clip in {root} has audio for a {frames}-frame mel window")
         self.clips = clips
         self.samplers = [
-            ReferenceSampler(clip.landmarks_256, config.sampling, config.top_k_ratio, config.min_reference_gap, frames)
+            ReferenceSampler(clip.landmarks_256, config.sampling, config.top_k_ratio, config.min_reference_gap, frames,
+                             config.reference_selection)
             for clip in clips
         ]
 
