@@ -166,6 +166,25 @@ def test_stage2_runs_with_gans_and_sync_loss(workspace):
         "image", "mouth"}
 
 
+def test_resume_with_a_changed_schedule_length_puts_every_optimizer_on_the_new_schedule(workspace):
+    common = ("exp_name=longer", "optim.lr_scheduler=linear", "optim.warmup_steps=0", "optim.lr=1e-4",
+              "discriminator.lr=5e-6", "discriminator.eta_min=1e-6", "validation_steps=0")
+    LipSyncTrainer(tiny("tiny_stage2", workspace, *common, "max_train_steps=2")).train()
+    resumed = LipSyncTrainer(tiny("tiny_stage2", workspace, *common, "max_train_steps=5"))
+    resumed.load_checkpoint(workspace / "runs" / "longer" / "state-2.pt")
+
+    def cosine(step, total=5):
+        return 1e-6 + (5e-6 - 1e-6) * (1 + np.cos(np.pi * min(step, total) / total)) / 2
+
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 3 / 5)  # linear over 5 steps, at 2
+    for optimizer in resumed.d_optimizers.values():
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(cosine(2))
+    for _ in range(5):  # past the end the cosine stays at its floor instead of rising again
+        for scheduler in resumed.d_schedulers.values():
+            scheduler.step()
+    assert all(o.param_groups[0]["lr"] == pytest.approx(1e-6) for o in resumed.d_optimizers.values())
+
+
 def test_overfitting_one_batch_lowers_the_loss(workspace):
     config = tiny("tiny_stage1", workspace, "exp_name=overfit", "train_batch_size=1", "optim.lr=1e-3",
                   "data.min_face_size=200", f"max_train_steps={OVERFIT_STEPS}")

@@ -41,6 +41,7 @@ from .data import LipSyncDataset
 from .discriminator import MultiScaleDiscriminator
 from .loop import TrainingLoop
 from .losses import crop_boxes, feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
+from .schedules import cosine_annealing, restore_scheduler
 from .syncnet import SyncNet, load_syncnet, sync_loss
 from .vgg import PerceptualLoss, load_vgg19
 
@@ -141,8 +142,7 @@ class LipSyncTrainer(TrainingLoop):
             optimizer = torch.optim.AdamW(discriminator.parameters(), lr=d.lr, betas=tuple(d.betas),
                                           weight_decay=d.weight_decay, eps=d.eps)
             self.d_optimizers[name] = optimizer
-            self.d_schedulers[name] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps,
-                                                                                 eta_min=d.eta_min)
+            self.d_schedulers[name] = cosine_annealing(optimizer, steps, d.eta_min)
 
     def _build_data(self) -> None:
         config = self.config
@@ -284,14 +284,14 @@ class LipSyncTrainer(TrainingLoop):
 
     def load_training_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        restore_scheduler(self.scheduler, state["scheduler"])
         for name, discriminator in self.discriminators.items():
             self.accelerator.unwrap_model(discriminator).load_state_dict(state["discriminators"][name])
             self.d_optimizers[name].load_state_dict(state["discriminator_optimizers"][name])
-            self.d_schedulers[name].load_state_dict(state["discriminator_schedulers"][name])
+            restore_scheduler(self.d_schedulers[name], state["discriminator_schedulers"][name])
 
     def learning_rate(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -1,0 +1,41 @@
+"""Learning-rate schedules as functions of the optimizer step, so that a resumed run follows its own config.
+
+Every schedule here is a :class:`torch.optim.lr_scheduler.LambdaLR` whose
+factor depends only on the step. A checkpoint stores the step (``last_epoch``);
+the factor functions come from the configuration of the run that loads it.
+Resuming with another ``max_train_steps`` therefore puts every optimizer on the
+new schedule at the restored step, instead of mixing the old and new lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["cosine_annealing", "restore_scheduler"]
+
+
+def cosine_annealing(optimizer: Optimizer, total_steps: int, eta_min: float) -> LambdaLR:
+    """torch's ``CosineAnnealingLR`` closed form (from each group's lr down to ``eta_min`` over ``total_steps``),
+    held at ``eta_min`` after ``total_steps`` instead of rising again."""
+
+    def factor_for(base_lr: float) -> Callable[[int], float]:
+        floor = eta_min / base_lr if base_lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            progress = min(step, total_steps) / max(total_steps, 1)
+            return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+        return factor
+
+    return LambdaLR(optimizer, [factor_for(group["lr"]) for group in optimizer.param_groups])
+
+
+def restore_scheduler(scheduler: LambdaLR, state: dict) -> None:
+    """Load a scheduler's saved step and set its optimizer's learning rates to this schedule's value there."""
+    scheduler.load_state_dict(state)
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
