@@ -25,6 +25,7 @@ __all__ = [
     "DataConfig",
     "DiscriminatorConfig",
     "EncoderConfig",
+    "LoraTrainingConfig",
     "LossConfig",
     "ModelPaths",
     "OptimConfig",
@@ -86,6 +87,16 @@ class UNetTrainingConfig:
 
 
 @dataclass
+class LoraTrainingConfig:
+    """A LoRA adapter on the UNet (identity fine-tuning); rank 0 trains the whole UNet (stages 1 and 2)."""
+
+    rank: int = 0
+    alpha: float | None = None  # None: the rank (scale 1)
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+    dropout: float = 0.0
+
+
+@dataclass
 class LossConfig:
     """Loss weights (0 switches a term and its networks off) and the perceptual-loss layout."""
 
@@ -128,6 +139,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 1e-2
     eps: float = 1e-8
+    optimizer: str = "adamw"  # adamw | adafactor (factored second moments, no first moment: memory-light)
     lr_scheduler: str = "linear"  # any diffusers.optimization scheduler name
     warmup_steps: int = 1000
     max_grad_norm: float = 1.0
@@ -146,6 +158,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16 (official training is fp32)
     checkpointing_steps: int = 10000
     checkpoints_total_limit: int | None = 10
+    save_optimizer_state: bool = True  # False: state-<step>.pt without optimizer moments (resume restarts them)
     validation_steps: int = 2000
     num_validation_samples: int = 4
     log_steps: int = 10  # print a progress line every this many steps (the CSV gets every step)
@@ -153,6 +166,7 @@ class TrainConfig:
     models: ModelPaths = field(default_factory=ModelPaths)
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetTrainingConfig = field(default_factory=UNetTrainingConfig)
+    lora: LoraTrainingConfig = field(default_factory=LoraTrainingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -32,6 +32,7 @@ class TrainingLoop:
     """Drives ``training_step`` until ``max_train_steps``; checkpoints as ``<weights_prefix>-<step>.pth``."""
 
     weights_prefix = "model"
+    weights_suffix = ".pth"
 
     def __init__(self, config: Any, accelerator: Accelerator | None = None):
         self.config = config
@@ -57,6 +58,14 @@ class TrainingLoop:
     def load_weights_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.accelerator.unwrap_model(self.model).load_state_dict(state_dict, strict=True)
 
+    def save_weights(self, path: Path) -> None:
+        """Write the weights file of a checkpoint (``torch.save`` of :meth:`weights_state` by default)."""
+        runs.save_atomic(self.weights_state(), path)
+
+    def load_weights(self, path: Path) -> None:
+        """Read back what :meth:`save_weights` wrote."""
+        self.load_weights_state(load_state_dict(path))
+
     def training_state(self) -> dict:
         """Optimizer/scheduler/auxiliary states (tensors and plain containers only)."""
         raise NotImplementedError
@@ -73,7 +82,7 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def weights_path(self, step: int) -> Path:
-        return self.run_dir / f"{self.weights_prefix}-{step}.pth"
+        return self.run_dir / f"{self.weights_prefix}-{step}{self.weights_suffix}"
 
     def save_checkpoint(self) -> Path:
         """Write ``<prefix>-<step>.pth`` and ``state-<step>.pt``; returns the weights file."""
@@ -81,7 +90,7 @@ class TrainingLoop:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            runs.save_atomic(self.weights_state(), self.weights_path(step))
+            self.save_weights(self.weights_path(step))
             state = {"step": step, "rng": runs.capture_rng_state(), **self.training_state()}
             runs.save_atomic(state, self.run_dir / f"state-{step}.pt")
             runs.prune_checkpoints(self.run_dir, self.config.checkpoints_total_limit, (self.weights_prefix,))
@@ -92,7 +101,7 @@ class TrainingLoop:
         """Restore a checkpoint written by :meth:`save_checkpoint` (weights from the file beside it)."""
         state = runs.load_training_state(state_path)
         step = int(state["step"])
-        self.load_weights_state(load_state_dict(state_path.with_name(f"{self.weights_prefix}-{step}.pth")))
+        self.load_weights(state_path.with_name(self.weights_path(step).name))
         self.load_training_state(state)
         runs.restore_rng_state(state["rng"])
         self.global_step = step

@@ -1,4 +1,9 @@
-"""Learning-rate schedules as functions of the optimizer step, so that a resumed run follows its own config.
+"""Optimizers, and learning-rate schedules as functions of the optimizer step.
+
+``optim.optimizer`` picks the UNet optimizer: ``adamw`` (official; two fp32
+moments per weight, 8 bytes per parameter) or ``adafactor`` (transformers'
+Adafactor with a fixed learning rate and no first moment: factored second
+moments, about 1.3 bytes per parameter of the MuseTalk UNet).
 
 Every schedule here is a :class:`torch.optim.lr_scheduler.LambdaLR` whose
 factor depends only on the step. A checkpoint stores the step (``last_epoch``);
@@ -12,10 +17,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["cosine_annealing", "restore_scheduler"]
+from .config import OptimConfig
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "cosine_annealing", "restore_scheduler"]
+
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+def build_optimizer(config: OptimConfig, parameters: list[torch.nn.Parameter]) -> Optimizer:
+    """The optimizer ``config.optimizer`` names, over ``parameters``."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, betas=tuple(config.betas),
+                                 weight_decay=config.weight_decay, eps=config.eps)
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(parameters, lr=config.lr, beta1=None, weight_decay=config.weight_decay,
+                         scale_parameter=False, relative_step=False, warmup_init=False)
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
 
 
 def cosine_annealing(optimizer: Optimizer, total_steps: int, eta_min: float) -> LambdaLR:
