@@ -45,6 +45,17 @@ def write_small_vae(folder: Path) -> None:
     torch.save(vae.state_dict(), folder / "diffusion_pytorch_model.bin")
 
 
+def write_tiny_training_models(random_models: Path, folder: Path) -> Path:
+    """``random_models`` copied to ``folder`` with the small VAE and a tiny VGG19 at the default VGG path."""
+    shutil.copytree(random_models, folder)
+    shutil.rmtree(folder / "sd-vae")
+    torch.manual_seed(0)
+    write_small_vae(folder / "sd-vae")
+    (folder / "vgg").mkdir()
+    torch.save(VGG19Features([8, 16, 16, 32, 32]).state_dict(), folder / "vgg" / "vgg19-dcbb9e9d.pth")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, random_models):
     """Two preprocessed identities (20 frames each); the random models with a smaller VAE, tiny VGG19 and SyncNet."""
