@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import TrainConfig, load_config
-from .preprocess import PreprocessOptions, find_videos, preprocess
+from .preprocess import PreprocessOptions, find_videos, preprocess, summarize
 
 __all__ = ["main"]
 
@@ -97,9 +97,8 @@ def _preprocess(args: argparse.Namespace, data_dir: Path, min_frames: int) -> No
                                 device=str(resolve_device(args.device)), fps=args.fps, min_frames=min_frames,
                                 max_frames=args.max_frames)
     records = preprocess(args.videos, options, progress=True)
-    for record in records:
-        if record["status"] != "ok":
-            print(f"skipped {record['video']}: {record['reason']}")
+    if records:
+        print(summarize(records, data_dir / "preprocess_log.jsonl"))
     if not any(data_dir.rglob("meta.json")):
         raise ValueError(f"No usable clip in {', '.join(map(str, args.videos))}: every video was skipped "
                          f"(see {data_dir / 'preprocess_log.jsonl'}).")
