@@ -193,10 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="folder with the base UNet (default: %(default)s)")
     merge.add_argument("--version", choices=["v15", "v1"], default="v15", help="MuseTalk version (default: %(default)s)")
 
-    finetune = commands.add_parser("finetune", add_help=False,
-                                   help="train an identity LoRA on one person's talking videos "
-                                        "(`musetalk finetune --help`; needs the checkout's training/)")
-    finetune.add_argument("arguments", nargs=argparse.REMAINDER)
+    commands.add_parser("finetune", add_help=False,  # its arguments are training.finetune's (see _split_finetune)
+                        help="train an identity LoRA on one person's talking videos "
+                             "(`musetalk finetune --help`; needs the checkout's training/)")
 
     from . import bench, comfy_client
 
@@ -353,10 +352,20 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _split_finetune(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``[options] finetune ARGS...`` -> (``[options] finetune``, ARGS): ``training.finetune`` parses ARGS itself."""
+    for index, token in enumerate(argv):
+        if not token.startswith("-"):
+            return (argv[:index + 1], argv[index + 1:]) if token == "finetune" else (argv, [])
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``musetalk`` console script; returns the exit status (``EXIT_*``)."""
     parser = build_parser()
+    argv, finetune_arguments = _split_finetune(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    args.arguments = finetune_arguments
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     progress = _Progress(enabled=not args.quiet)
     in_main_thread = threading.current_thread() is threading.main_thread()

@@ -90,9 +90,9 @@ def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
 
 
-def save_lora(unet: UNet2DConditionModel, config, path: str | os.PathLike,
+def save_lora(state_dict: dict[str, torch.Tensor], config, path: str | os.PathLike,
               metadata: dict[str, str] | None = None) -> None:
-    """Write the adapter of ``unet`` (see :func:`add_lora`) as a LoRA file, atomically.
+    """Write adapter weights (:func:`lora_state_dict`) and their PEFT ``config`` as a LoRA file, atomically.
 
     ``metadata`` adds string entries (e.g. the training step) beside the format and config.
     """
@@ -101,7 +101,7 @@ def save_lora(unet: UNet2DConditionModel, config, path: str | os.PathLike,
     settings.pop("peft_type", None)
     settings.pop("task_type", None)
     entries = {**(metadata or {}), "format": LORA_FORMAT, "lora_config": json.dumps(settings, default=str)}
-    save_state_dict(lora_state_dict(unet), path, metadata=entries)
+    save_state_dict(state_dict, path, metadata=entries)
 
 
 def read_lora(path: str | os.PathLike) -> LoraFile:

@@ -7,7 +7,8 @@ import torch
 
 from musetalk_lib.checkpoint import CorruptCheckpointError
 from musetalk_lib.cli import main
-from musetalk_lib.lora import add_lora, apply_lora, merged_unet_state_dict, read_lora, save_lora, unet_with_lora
+from musetalk_lib.lora import (add_lora, apply_lora, lora_state_dict, merged_unet_state_dict, read_lora, save_lora,
+                               unet_with_lora)
 from musetalk_lib.unet import build_unet, load_unet, load_unet_config, positional_encoding
 
 
@@ -30,7 +31,7 @@ def trained(unet_files, tmp_path_factory):
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.05)
     path = tmp_path_factory.mktemp("lora") / "actor.safetensors"
-    save_lora(unet, config, path, {"step": "7"})
+    save_lora(lora_state_dict(unet), config, path, {"step": "7"})
     return unet.eval(), path
 
 

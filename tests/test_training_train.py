@@ -196,6 +196,17 @@ def test_resume_with_a_changed_schedule_length_puts_every_optimizer_on_the_new_s
     assert all(o.param_groups[0]["lr"] == pytest.approx(1e-6) for o in resumed.d_optimizers.values())
 
 
+def test_adafactor_and_checkpoints_without_optimizer_state(workspace, caplog):
+    common = ("exp_name=light", "optim.optimizer=adafactor", "save_optimizer_state=false", "validation_steps=0",
+              "train_batch_size=1")
+    LipSyncTrainer(tiny("tiny_stage1", workspace, *common, "max_train_steps=2")).train()
+    state = torch.load(workspace / "runs" / "light" / "state-2.pt", weights_only=True)
+    assert "optimizer" not in state and state["step"] == 2
+    resumed = LipSyncTrainer(tiny("tiny_stage1", workspace, *common, "max_train_steps=3", "resume_from=latest"))
+    assert type(resumed.optimizer.optimizer).__name__ == "Adafactor"
+    assert resumed.train() == 3 and "restart their moments" in caplog.text
+
+
 def test_overfitting_one_batch_lowers_the_loss(workspace):
     config = tiny("tiny_stage1", workspace, "exp_name=overfit", "train_batch_size=1", "optim.lr=1e-3",
                   "data.min_face_size=200", f"max_train_steps={OVERFIT_STEPS}")

@@ -52,15 +52,18 @@ class TrainingLoop:
         raise NotImplementedError
 
     def weights_state(self) -> dict[str, torch.Tensor]:
-        """What ``<prefix>-<step>.pth`` holds (the trained network's plain state dict by default)."""
-        return self.accelerator.unwrap_model(self.model).state_dict()
+        """What ``<prefix>-<step>.pth`` holds (the trained network's plain state dict by default).
+
+        Every process calls it: under FSDP, gathering the full weights is a collective operation.
+        """
+        return self.accelerator.get_state_dict(self.model)
 
     def load_weights_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.accelerator.unwrap_model(self.model).load_state_dict(state_dict, strict=True)
 
-    def save_weights(self, path: Path) -> None:
+    def save_weights(self, weights: dict, path: Path) -> None:
         """Write the weights file of a checkpoint (``torch.save`` of :meth:`weights_state` by default)."""
-        runs.save_atomic(self.weights_state(), path)
+        runs.save_atomic(weights, path)
 
     def load_weights(self, path: Path) -> None:
         """Read back what :meth:`save_weights` wrote."""
@@ -88,9 +91,10 @@ class TrainingLoop:
         """Write ``<prefix>-<step>.pth`` and ``state-<step>.pt``; returns the weights file."""
         accelerator, step = self.accelerator, self.global_step
         accelerator.wait_for_everyone()
+        weights = self.weights_state()
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.save_weights(self.weights_path(step))
+            self.save_weights(weights, self.weights_path(step))
             state = {"step": step, "rng": runs.capture_rng_state(), **self.training_state()}
             runs.save_atomic(state, self.run_dir / f"state-{step}.pt")
             runs.prune_checkpoints(self.run_dir, self.config.checkpoints_total_limit, (self.weights_prefix,))

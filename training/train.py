@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 
 from musetalk_lib.checkpoint import load_state_dict
 from musetalk_lib.crop import FACE_SIZE
-from musetalk_lib.lora import ADAPTER_NAME, add_lora, read_lora, save_lora
+from musetalk_lib.lora import ADAPTER_NAME, add_lora, lora_state_dict, read_lora, save_lora
 from musetalk_lib.unet import build_unet, load_unet_config, positional_encoding
 from musetalk_lib.vae import load_vae
 
@@ -87,6 +87,15 @@ class LipSyncTrainer(TrainingLoop):
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None):
         super().__init__(config, accelerator)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            if config.lora.rank > 0:
+                raise ValueError("LoRA runs are small: train them with DDP (accelerate_ddp.yaml), not FSDP")
+            if config.save_optimizer_state:
+                raise ValueError("Under FSDP each GPU holds a shard of the optimizer states, which checkpoints do "
+                                 "not gather: set save_optimizer_state: false (resume then restarts the moments)")
+            if config.validation_steps:
+                raise ValueError("Validation images run the UNet on the main process alone, which FSDP's sharded "
+                                 "UNet cannot: set validation_steps: 0 (validate a saved unet-<step>.pth instead)")
         if config.lora.rank > 0:
             self.weights_prefix, self.weights_suffix = "lora", ".safetensors"
         else:
@@ -291,12 +300,16 @@ class LipSyncTrainer(TrainingLoop):
         return {key: float(value.detach()) for key, value in losses.items()}
 
     # ----------------------------------------------------------------------------------------- state
-    def save_weights(self, path: Path) -> None:
+    def weights_state(self) -> dict[str, torch.Tensor]:
         if self.lora_config is None:
-            super().save_weights(path)
+            return super().weights_state()
+        return lora_state_dict(self.accelerator.unwrap_model(self.unet))
+
+    def save_weights(self, weights: dict, path: Path) -> None:
+        if self.lora_config is None:
+            super().save_weights(weights, path)
             return
-        save_lora(self.accelerator.unwrap_model(self.unet), self.lora_config, path,
-                  {"step": str(self.global_step), "exp_name": self.config.exp_name})
+        save_lora(weights, self.lora_config, path, {"step": str(self.global_step), "exp_name": self.config.exp_name})
 
     def load_weights(self, path: Path) -> None:
         if self.lora_config is None:
