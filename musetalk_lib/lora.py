@@ -164,8 +164,11 @@ def unet_with_lora(unet: MuseTalkUNet, lora: str | os.PathLike | LoraFile, stren
     """A copy of ``unet`` with the LoRA merged; ``unet`` itself is left unchanged.
 
     The copy shares every tensor the LoRA does not change with ``unet``, so it
-    costs only the memory of the targeted weights.
+    costs only the memory of the targeted weights. ``unet`` must not be compiled
+    yet (a compiled forward would still run the original weights): compile the copy.
     """
+    if any("forward" in vars(module) for module in unet.modules()):
+        raise ValueError("This UNet is compiled (its forward is replaced); apply the LoRA first, then compile")
     shared = {}
     for tensor in itertools.chain(unet.parameters(), unet.buffers()):
         shared[id(tensor)] = nn.Parameter(tensor.data, tensor.requires_grad) if isinstance(

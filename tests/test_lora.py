@@ -67,6 +67,10 @@ def test_merged_output_matches_the_unmerged_adapter(unet_files, trained):
     assert torch.allclose(merged(*INPUTS), unmerged, atol=1e-5)
     assert (before - unmerged).abs().max() > 0.01
     assert torch.equal(base(*INPUTS), before)  # the copy shares tensors but never wrote to them
+    compiled = load_unet(*unet_files)
+    compiled.unet.forward = compiled.unet.forward  # what compile_with_fallback does
+    with pytest.raises(ValueError, match="compiled"):
+        unet_with_lora(compiled, path)
     weights = [unet.state_dict() for unet in (base, unet_with_lora(base, path, strength=0.5), merged)]
     name = "unet.down_blocks.0.resnets.0.conv1.weight"
     assert not torch.equal(weights[0][name], weights[2][name])
