@@ -128,15 +128,16 @@ def load_model_weights(
     return model
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a state dict as safetensors, atomically (temporary name, then rename)."""
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state dict as safetensors (with string ``metadata``), atomically (temporary name, then rename)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in state_dict.items()}
     tmp = path.with_name(path.name + ".partial")
     try:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--allow-no-face", action="store_true",
                             help="when no frame has the face, write the video unchanged (exit 0) instead of "
                                  "failing with exit status 3")
+    generation.add_argument("--lora", type=Path, metavar="FILE",
+                            help="identity LoRA from `musetalk finetune` (.safetensors), merged into the UNet")
+    generation.add_argument("--lora-strength", type=float, default=1.0,
+                            help="scale of the LoRA's change: 0 = base model, 1 = as trained (default: %(default)s)")
 
     avatar = commands.add_parser("avatar", help="prepare or inspect a cached avatar")
     avatar_commands = avatar.add_subparsers(dest="avatar_command", required=True, metavar="ACTION")
@@ -197,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="tiny: a few MB, fast on CPU; full: official sizes (about 3.7 GB)")
     random_weights.add_argument("--seed", type=int, default=0)
 
+    lora = commands.add_parser("lora", help="merge an identity LoRA into a full UNet file")
+    lora_commands = lora.add_subparsers(dest="lora_command", required=True, metavar="ACTION")
+    merge = lora_commands.add_parser(
+        "merge", help="write the base UNet with a LoRA merged in: a full UNet file in the official format",
+        description="Write --models-dir's UNet with LORA merged in. A .pth output is a plain state dict like "
+                    "the official unet.pth (use it as musetalkV15/unet.pth); .safetensors is the same tensors.")
+    merge.add_argument("lora", type=Path, metavar="LORA", help="a .safetensors file from `musetalk finetune`")
+    merge.add_argument("-o", "--output", type=Path, required=True, help="output .pth or .safetensors (atomic)")
+    merge.add_argument("--strength", type=float, default=1.0, help="scale of the LoRA's change (default: %(default)s)")
+    merge.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="folder with the base UNet (default: %(default)s)")
+    merge.add_argument("--version", choices=["v15", "v1"], default="v15", help="MuseTalk version (default: %(default)s)")
+
+    commands.add_parser("finetune", add_help=False,  # its arguments are training.finetune's (see _split_finetune)
+                        help="train an identity LoRA on one person's talking videos "
+                             "(`musetalk finetune --help`; needs the checkout's training/)")
+
     from . import bench, comfy_client
 
     bench.add_arguments(commands.add_parser("bench", help="measure frames per second per stage and peak memory"))
@@ -222,7 +242,8 @@ def _load_models(args):
         use_deterministic_algorithms()
 
     models = MuseTalkModels.load(args.models_dir, args.version, args.device, args.dtype,
-                                 face_parsing=args.mask != "landmarks")
+                                 face_parsing=args.mask != "landmarks", lora=getattr(args, "lora", None),
+                                 lora_strength=getattr(args, "lora_strength", 1.0))
     if models.files.random_weights:
         print(f"WARNING: {args.models_dir} holds RANDOM weights: the result will not be lip-synced.", file=sys.stderr)
     return models.compile() if args.compile else models
@@ -232,6 +253,8 @@ def _run_dub(args, progress: _Progress) -> None:
     from .pipeline import DubOptions, check_dub_files, dub
 
     check_dub_files(args.source, args.audio, args.output, args.landmarks, args.cache_dir)  # before loading the models
+    if args.lora is not None and not args.lora.is_file():
+        raise FileNotFoundError(f"LoRA file not found: {args.lora}")
     options = DubOptions(batch_size=args.batch_size, length_policy=args.length, blend_variant=args.blend,
                          exact_fps=not args.official_fps, decode=args.decode, allow_no_face=args.allow_no_face,
                          preview_seconds=args.preview_seconds, silence=args.silence, max_yaw=args.max_yaw)
@@ -249,6 +272,40 @@ def _run_dub(args, progress: _Progress) -> None:
     if args.silence != "model":
         print(f"Silent output frames ({args.silence}): {report.silent_spans or 'none'}")
     print("Time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report.seconds.items()))
+
+
+def _run_lora(args) -> None:
+    from .checkpoint import save_state_dict
+    from .lora import merged_unet_state_dict
+    from .weights import find_model_files
+
+    if not args.lora.is_file():
+        raise FileNotFoundError(f"LoRA file not found: {args.lora}")
+    if args.output.suffix.lower() not in (".pth", ".safetensors"):
+        raise ValueError(f"{args.output}: the merged UNet is written as .pth (official format) or .safetensors")
+    files = find_model_files(args.models_dir, args.version)
+    state_dict = merged_unet_state_dict(files.unet_config, files.unet_weights, args.lora, args.strength)
+    if args.output.suffix.lower() == ".safetensors":
+        save_state_dict(state_dict, args.output)
+    else:
+        import torch
+
+        partial = args.output.with_name(args.output.name + ".partial")
+        torch.save(state_dict, partial)
+        os.replace(partial, args.output)
+    print(f"Wrote {args.output}: {files.unet_weights} with {args.lora} merged at strength {args.strength:g}")
+
+
+def _run_finetune(arguments: list[str]) -> None:
+    """``training/`` sits beside ``musetalk_lib/`` in a checkout; it is not part of the installed package."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "training" / "__init__.py").is_file():
+        raise ImportError(f"`musetalk finetune` needs the training/ folder of a repository checkout beside {root}")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    from training.finetune import main as finetune
+
+    finetune(arguments, prog="musetalk finetune")
 
 
 def _run_avatar(args, progress: _Progress) -> None:
@@ -321,10 +378,20 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _split_finetune(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``[options] finetune ARGS...`` -> (``[options] finetune``, ARGS): ``training.finetune`` parses ARGS itself."""
+    for index, token in enumerate(argv):
+        if not token.startswith("-"):
+            return (argv[:index + 1], argv[index + 1:]) if token == "finetune" else (argv, [])
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``musetalk`` console script; returns the exit status (``EXIT_*``)."""
     parser = build_parser()
+    argv, finetune_arguments = _split_finetune(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    args.arguments = finetune_arguments
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     progress = _Progress(enabled=not args.quiet)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -360,6 +427,10 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
         _run_avatar(args, progress)
     elif args.command == "weights":
         _run_weights(args)
+    elif args.command == "lora":
+        _run_lora(args)
+    elif args.command == "finetune":
+        _run_finetune(args.arguments)
     elif args.command == "queue":
         from .comfy_client import run
 

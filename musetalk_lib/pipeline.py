@@ -42,6 +42,7 @@ from .face_parsing import FaceParser, load_face_parser
 from .faces import load_landmarks_json
 from .frame_source import FrameSource, open_source
 from .head_pose import head_yaws
+from .lora import apply_lora
 from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES, SILENCE_MODES
 from .passthrough import crossfade_weights, mix_frames, true_ranges
 from .read_ahead import ReadAhead
@@ -121,8 +122,13 @@ class MuseTalkModels:
 
     @classmethod
     def load(cls, models_dir: str | os.PathLike, version: str = "v15", device: str | torch.device = "auto",
-             dtype: str | torch.dtype = "auto", face_parsing: bool = True) -> MuseTalkModels:
-        """Load UNet, VAE, Whisper and (if present and wanted) BiSeNet from the official layout."""
+             dtype: str | torch.dtype = "auto", face_parsing: bool = True, lora: str | os.PathLike | None = None,
+             lora_strength: float = 1.0) -> MuseTalkModels:
+        """Load UNet, VAE, Whisper and (if present and wanted) BiSeNet from the official layout.
+
+        ``lora``: a LoRA file (``musetalk finetune``) merged into the UNet with ``lora_strength``
+        (:func:`musetalk_lib.lora.apply_lora`).
+        """
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         files = find_model_files(models_dir, version)
@@ -131,8 +137,11 @@ class MuseTalkModels:
         parser = None
         if face_parsing and files.face_parsing is not None:
             parser = load_face_parser(files.face_parsing, device, dtype)
+        unet = load_unet(files.unet_config, files.unet_weights, device, dtype)
+        if lora is not None:
+            apply_lora(unet, lora, lora_strength)
         return cls(
-            unet=load_unet(files.unet_config, files.unet_weights, device, dtype),
+            unet=unet,
             vae=load_vae(files.vae_dir, device, dtype),
             whisper=load_whisper(files.whisper_dir, device, dtype),
             parser=parser,

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from musetalk_lib.faces import Face
 from training.config import TrainConfig, config_from_dict, load_config
 from training.discriminator import MultiScaleDiscriminator
-from training.evaluate import FIDInceptionV3, evaluate, frechet_distance, load_fid_inception
+from training.evaluate import (FIDInceptionV3, csim, evaluate, frechet_distance, load_fid_inception,
+                               mouth_landmark_distance, psnr_ssim, scored)
 from training.losses import crop_boxes, feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
 from training.mel import MEL_BANDS, _filters, mel_steps, mel_window, melspectrogram
 from training.syncnet import SyncNet, load_syncnet, sync_loss
@@ -147,3 +149,37 @@ def test_fid_inception_layout_and_missing_weights_are_reported(tmp_path):
     for metric in ("fid", "lse_c", "lse_d"):
         assert results[metric]["available"] is False and results[metric]["reason"]
         assert "value" not in results[metric]
+
+
+def test_every_metric_says_how_many_frames_it_scored_and_refuses_low_coverage(media):
+    assert scored([0.9, None, 0.8, 0.7], min_coverage=0.5) == {"available": True, "value": pytest.approx(0.8),
+                                                               "frames": 3, "of": 4}
+    damaged = scored([0.97, 0.98, 0.97] + [None] * 8, min_coverage=0.9, what="frame pairs")
+    assert damaged["available"] is False and (damaged["frames"], damaged["of"]) == (3, 11)
+    assert "only 3 of 11 frame pairs" in damaged["reason"] and "value" not in damaged
+    assert scored([], 0.9)["available"] is False
+
+    embeddings = {0: np.array([1.0, 0.0]), 1: None, 2: np.array([0.0, 1.0])}
+    frames = [np.full((2, 2, 3), index, np.uint8) for index in range(3)]
+    scores = csim(lambda frame: embeddings[int(frame[0, 0, 0])], frames, frames)
+    assert scores == [pytest.approx(1.0), None, pytest.approx(1.0)]
+
+    video = str(media / "talking_closeup.mp4")
+    results = evaluate([video], [video], max_frames=3)
+    assert results["psnr"] == {"available": True, "value": float("inf"), "frames": 3, "of": 3}
+    assert results["ssim"]["value"] == pytest.approx(1.0) and results["ssim"]["frames"] == 3
+    assert results["lmd"]["available"] is False and "--detector" in results["lmd"]["reason"]
+
+
+def test_psnr_ssim_and_mouth_landmark_distance_values():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    noisy = np.clip(real.astype(int) + rng.choice([-16, 16], real.shape), 0, 255).astype(np.uint8)
+    (psnr,), (ssim,) = psnr_ssim([noisy], [real])
+    mse = np.mean((noisy.astype(float) - real) ** 2)
+    assert psnr == pytest.approx(10 * np.log10(255 ** 2 / mse)) and 0 < ssim < 1
+    landmarks = rng.uniform(0, 100, (68, 2))
+    moved = landmarks.copy()
+    moved[48:68] += [3.0, 4.0]  # 5 px in a 128-px box = 10 px at 256
+    real_face, fake_face = Face((0, 0, 128, 128), landmarks), Face((0, 0, 128, 128), moved)
+    assert mouth_landmark_distance([fake_face, None], [real_face, real_face]) == [pytest.approx(10.0), None]

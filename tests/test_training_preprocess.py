@@ -1,6 +1,7 @@
 """Preprocessing a shared clip produces the documented clip layout; reruns resume instead of redoing."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,9 @@ import pytest
 import soundfile
 from PIL import Image
 
-from musetalk_lib.faces import load_landmarks_json
+from musetalk_lib.faces import Face, load_landmarks_json
 from training.clips import ClipMeta, find_clips
-from training.preprocess import PreprocessOptions, plan_clips, preprocess, resample_indices
+from training.preprocess import PreprocessOptions, fill_gaps, plan_clips, preprocess, resample_indices
 
 pytestmark = pytest.mark.usefixtures("repository_root")  # configs use repository-relative paths
 
@@ -84,3 +85,34 @@ def test_clip_planning_and_frame_resampling():
     assert resample_indices(4, 30.0, None) == [0, 1, 2, 3]
     assert resample_indices(6, 30.0, 25.0) == [0, 1, 2, 3, 4]
     assert resample_indices(3, 15.0, 25.0) == [0, 0, 1, 1, 2]
+
+
+def test_short_detection_gaps_are_interpolated():
+    faces = [Face((0, 0, 10, 10), np.zeros((68, 2))), None, None, Face((3, 0, 13, 10), np.full((68, 2), 3.0)),
+             None, None, None, Face((0, 0, 10, 10), np.zeros((68, 2))), None]
+    filled, count = fill_gaps(faces, max_gap=2)
+    assert count == 2 and filled[4:7] == [None, None, None] and filled[8] is None  # longer gap, and the end
+    assert filled[1].box == (1.0, 0.0, 11.0, 10.0) and np.allclose(filled[2].landmarks, 2.0)
+
+
+def test_changed_settings_redo_a_video_and_skipped_videos_can_be_retried(tmp_path, random_models):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "face_occluded.mp4").symlink_to(MEDIA / "face_occluded.mp4")  # faces: 15, gap 1, 7, gap 1, 1, gap 1,
+    (videos / "face_occluded.wav").symlink_to(MEDIA / "speech_16k_mono.wav")  # 5 frames, then none
+    old = PreprocessOptions(output_dir=str(tmp_path / "clips"), landmarks_dir=str(MEDIA / "landmarks"),
+                            models_dir=str(random_models), min_frames=25, max_gap=0)
+    [record] = preprocess([videos], old, progress=False)
+    assert record["status"] == "skipped" and record["skipped_runs"] == [[0, 15], [16, 23], [24, 25], [26, 31]]
+    assert preprocess([videos], old, progress=False) == []  # same settings: done
+    assert [r["status"] for r in preprocess([videos], replace(old, retry_skipped=True), progress=False)] == ["skipped"]
+
+    new = replace(old, min_frames=16, max_gap=5)  # the defaults: the gaps are filled, one 31-frame clip
+    [record] = preprocess([videos], new, progress=False)
+    assert record["status"] == "ok" and record["interpolated_frames"] == 3
+    assert record["clips"] == ["face_occluded_000000"]
+    assert ClipMeta.load(tmp_path / "clips" / "face_occluded_000000").num_frames == 31
+    [record] = preprocess([videos], replace(new, segment_seconds=2.0), progress=False)  # 15 fps: 30 + 1 frames
+    assert record["clips"] == ["face_occluded_000000"] and record["skipped_runs"] == [[30, 31]]
+    assert [path.name for path in find_clips(tmp_path / "clips")] == ["face_occluded_000000"]
+    assert ClipMeta.load(tmp_path / "clips" / "face_occluded_000000").num_frames == 30

@@ -45,6 +45,17 @@ def write_small_vae(folder: Path) -> None:
     torch.save(vae.state_dict(), folder / "diffusion_pytorch_model.bin")
 
 
+def write_tiny_training_models(random_models: Path, folder: Path) -> Path:
+    """``random_models`` copied to ``folder`` with the small VAE and a tiny VGG19 at the default VGG path."""
+    shutil.copytree(random_models, folder)
+    shutil.rmtree(folder / "sd-vae")
+    torch.manual_seed(0)
+    write_small_vae(folder / "sd-vae")
+    (folder / "vgg").mkdir()
+    torch.save(VGG19Features([8, 16, 16, 32, 32]).state_dict(), folder / "vgg" / "vgg19-dcbb9e9d.pth")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, random_models):
     """Two preprocessed identities (20 frames each); the random models with a smaller VAE, tiny VGG19 and SyncNet."""
@@ -164,6 +175,36 @@ def test_stage2_runs_with_gans_and_sync_loss(workspace):
     state = torch.load(run_dir / "state-2.pt", weights_only=True)
     assert set(state["discriminators"]) == {"image", "mouth"} and set(state["discriminator_optimizers"]) == {
         "image", "mouth"}
+
+
+def test_resume_with_a_changed_schedule_length_puts_every_optimizer_on_the_new_schedule(workspace):
+    common = ("exp_name=longer", "optim.lr_scheduler=linear", "optim.warmup_steps=0", "optim.lr=1e-4",
+              "discriminator.lr=5e-6", "discriminator.eta_min=1e-6", "validation_steps=0")
+    LipSyncTrainer(tiny("tiny_stage2", workspace, *common, "max_train_steps=2")).train()
+    resumed = LipSyncTrainer(tiny("tiny_stage2", workspace, *common, "max_train_steps=5"))
+    resumed.load_checkpoint(workspace / "runs" / "longer" / "state-2.pt")
+
+    def cosine(step, total=5):
+        return 1e-6 + (5e-6 - 1e-6) * (1 + np.cos(np.pi * min(step, total) / total)) / 2
+
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 3 / 5)  # linear over 5 steps, at 2
+    for optimizer in resumed.d_optimizers.values():
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(cosine(2))
+    for _ in range(5):  # past the end the cosine stays at its floor instead of rising again
+        for scheduler in resumed.d_schedulers.values():
+            scheduler.step()
+    assert all(o.param_groups[0]["lr"] == pytest.approx(1e-6) for o in resumed.d_optimizers.values())
+
+
+def test_adafactor_and_checkpoints_without_optimizer_state(workspace, caplog):
+    common = ("exp_name=light", "optim.optimizer=adafactor", "save_optimizer_state=false", "validation_steps=0",
+              "train_batch_size=1")
+    LipSyncTrainer(tiny("tiny_stage1", workspace, *common, "max_train_steps=2")).train()
+    state = torch.load(workspace / "runs" / "light" / "state-2.pt", weights_only=True)
+    assert "optimizer" not in state and state["step"] == 2
+    resumed = LipSyncTrainer(tiny("tiny_stage1", workspace, *common, "max_train_steps=3", "resume_from=latest"))
+    assert type(resumed.optimizer.optimizer).__name__ == "Adafactor"
+    assert resumed.train() == 3 and "restart their moments" in caplog.text
 
 
 def test_overfitting_one_batch_lowers_the_loss(workspace):

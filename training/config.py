@@ -25,6 +25,7 @@ __all__ = [
     "DataConfig",
     "DiscriminatorConfig",
     "EncoderConfig",
+    "LoraTrainingConfig",
     "LossConfig",
     "ModelPaths",
     "OptimConfig",
@@ -63,7 +64,8 @@ class DataConfig:
     n_sample_frames: int = 1  # consecutive target frames per sample (official: 1 in stage 1, 16 in stage 2)
     sampling: str = "sis"  # reference strategy: sis | pose | mouth | random
     top_k_ratio: float = 0.51  # official code; the paper says 0.4
-    min_reference_gap: int = 5  # references closer than this many frames to the target are redrawn
+    reference_selection: str = "paper"  # paper: only candidates > min_reference_gap frames away | official
+    min_reference_gap: int = 5  # paper: never within this many frames of the target; official: redrawn if closer
     crop_type: str = "crop_resize"  # crop_resize | dynamic_margin_crop_resize
     margin_mean: float = 10.0  # dynamic margin ~ N(mean, std) clipped to [0, max] pixels below the chin
     margin_std: float = 10.0
@@ -82,6 +84,16 @@ class UNetTrainingConfig:
     audio_positional_encoding: bool = True  # the official trainer omits it by mistake (issue #136)
     gradient_checkpointing: bool = True
     vae_gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraTrainingConfig:
+    """A LoRA adapter on the UNet (identity fine-tuning); rank 0 trains the whole UNet (stages 1 and 2)."""
+
+    rank: int = 0
+    alpha: float | None = None  # None: the rank (scale 1)
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+    dropout: float = 0.0
 
 
 @dataclass
@@ -127,6 +139,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 1e-2
     eps: float = 1e-8
+    optimizer: str = "adamw"  # adamw | adafactor (factored second moments, no first moment: memory-light)
     lr_scheduler: str = "linear"  # any diffusers.optimization scheduler name
     warmup_steps: int = 1000
     max_grad_norm: float = 1.0
@@ -145,6 +158,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16 (official training is fp32)
     checkpointing_steps: int = 10000
     checkpoints_total_limit: int | None = 10
+    save_optimizer_state: bool = True  # False: state-<step>.pt without optimizer moments (resume restarts them)
     validation_steps: int = 2000
     num_validation_samples: int = 4
     log_steps: int = 10  # print a progress line every this many steps (the CSV gets every step)
@@ -152,6 +166,7 @@ class TrainConfig:
     models: ModelPaths = field(default_factory=ModelPaths)
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetTrainingConfig = field(default_factory=UNetTrainingConfig)
+    lora: LoraTrainingConfig = field(default_factory=LoraTrainingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -91,6 +91,12 @@ class Clip:
         return self.meta.num_frames
 
     @cached_property
+    def frames_with_audio(self) -> int:
+        """How many leading frames have audio tokens (the audio track may end before the video)."""
+        windows = frame_window_index(self.meta.audio_samples, self.meta.fps, self.whisper.shape[0], 0, 0)
+        return min(self.num_frames, len(windows))
+
+    @cached_property
     def whisper(self) -> np.ndarray:
         return np.load(self.folder / layout.WHISPER, mmap_mode="r")
 
@@ -167,14 +173,18 @@ class LipSyncDataset(Dataset):
         self.mouth_padding = mouth_padding
         frames = config.n_sample_frames
         min_frames = config.min_clip_frames if config.min_clip_frames is not None else 10 * frames
-        clips = load_clips(root, config.min_face_size, max(min_frames, frames))
+        clips = [clip for clip in load_clips(root, config.min_face_size, max(min_frames, frames))
+                 if clip.frames_with_audio >= frames]
+        if not clips:
+            raise ValueError(f"No clip in {root} has audio for {frames} frames")
         if with_mel:
             clips = [clip for clip in clips if clip.last_mel_start(frames) >= 0]
             if not clips:
                 raise ValueError(f"No clip in {root} has audio for a {frames}-frame mel window")
         self.clips = clips
         self.samplers = [
-            ReferenceSampler(clip.landmarks_256, config.sampling, config.top_k_ratio, config.min_reference_gap, frames)
+            ReferenceSampler(clip.landmarks_256, config.sampling, config.top_k_ratio, config.min_reference_gap, frames,
+                             config.reference_selection)
             for clip in clips
         ]
 
@@ -192,7 +202,8 @@ class LipSyncDataset(Dataset):
         clip_index = int(rng.integers(len(self.clips)))
         clip, sampler = self.clips[clip_index], self.samplers[clip_index]
         count = self.config.n_sample_frames
-        last_start = clip.last_mel_start(count) if self.with_mel else clip.num_frames - count
+        last_start = min(clip.last_mel_start(count) if self.with_mel else clip.num_frames - count,
+                         clip.frames_with_audio - count)
         start = int(rng.integers(0, last_start + 1))
         frames = np.arange(start, start + count)
         references = np.array([sampler.sample(int(t), rng) for t in frames])

@@ -1,8 +1,10 @@
-"""Evaluate generated talking-face videos against their sources: FID, CSIM, LSE-C and LSE-D.
+"""Evaluate generated talking-face videos against their sources: FID, CSIM, LSE-C/D, PSNR, SSIM and LMD.
 
-Every metric needs weights that you supply; a metric whose weights (or
-package) are missing is reported as unavailable with the reason, never
-estimated some other way.
+A metric whose weights (or package) are missing is reported as unavailable
+with the reason, never estimated some other way. Every metric reports how many
+frames (LSE: windows) it scored out of how many (``frames``, ``of``); one that
+scored fewer than ``--min-coverage`` (90 %) of them is reported as unavailable
+with that reason instead of a value that would describe only the easy frames.
 
 - **FID**: Fréchet distance between InceptionV3 pool features (2048-d) of
   generated and source frames. The network is the FID variant of InceptionV3
@@ -19,6 +21,14 @@ estimated some other way.
   LatentSync's ``latentsync_syncnet.pt`` or one from ``training.train_syncnet``).
   Values are comparable between runs with the same SyncNet, not with papers
   that used the original SyncNet of Chung and Zisserman.
+
+- **PSNR / SSIM**: per frame, averaged, on the whole frames (scikit-image's
+  ``peak_signal_noise_ratio`` and ``structural_similarity`` with Wang et al.'s
+  Gaussian window, sigma 1.5, data range 255, over the RGB channels).
+- **LMD**: mouth landmark distance: mean distance between the 20 mouth
+  landmarks (points 48-67) found on the generated frame and on the source
+  frame, in pixels of a 256-pixel face crop (the source face box scaled to
+  256). Needs ``--detector`` to find landmarks on the generated frames.
 
 Generated frame i is compared with source frame i. Face boxes for LSE (and
 for ``--fid-region face``) come from landmark JSONs of the source videos
@@ -59,9 +69,14 @@ __all__ = [
     "load_fid_inception",
     "lse",
     "main",
+    "mouth_landmark_distance",
+    "psnr_ssim",
+    "scored",
 ]
 
 LSE_VSHIFT = 15
+MIN_COVERAGE = 0.9
+MOUTH_POINTS = slice(48, 68)
 
 
 # ---------------------------------------------------------------------------------------------- FID
@@ -299,16 +314,53 @@ class DlibFaceEmbedder:
         return np.asarray(self.encoder.compute_face_descriptor(pixels, self.shapes(pixels, face)))
 
 
-def csim(embed, generated: Iterable[np.ndarray], source: Iterable[np.ndarray]) -> tuple[float, int]:
-    """Mean cosine similarity of paired frames' face embeddings, and the number of pairs with both faces."""
-    scores = []
+def csim(embed, generated: Iterable[np.ndarray], source: Iterable[np.ndarray]) -> list[float | None]:
+    """Cosine similarity of each frame pair's face embeddings; None where either frame has no face."""
+    scores: list[float | None] = []
     for fake, real in zip(generated, source):
         a, b = embed(fake), embed(real)
-        if a is not None and b is not None:
-            scores.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
-    if not scores:
-        raise ValueError("no frame pair with a face on both sides")
-    return float(np.mean(scores)), len(scores)
+        scores.append(None if a is None or b is None else float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------- pixels, LMD
+def psnr_ssim(generated: Sequence[np.ndarray], source: Sequence[np.ndarray]) -> tuple[list[float], list[float]]:
+    """PSNR (dB) and SSIM of each frame pair (uint8 RGB), scikit-image with Wang et al.'s settings."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    psnr = [float(peak_signal_noise_ratio(real, fake, data_range=255)) for fake, real in zip(generated, source)]
+    ssim = [float(structural_similarity(real, fake, data_range=255, channel_axis=-1, gaussian_weights=True,
+                                        sigma=1.5, use_sample_covariance=False))
+            for fake, real in zip(generated, source)]
+    return psnr, ssim
+
+
+def mouth_landmark_distance(generated: Sequence[Face | None], source: Sequence[Face | None],
+                            size: int = 256) -> list[float | None]:
+    """Mean distance of the mouth landmarks (48-67) per frame pair in a ``size``-pixel crop of the source box;
+    None where either frame has no face."""
+    distances: list[float | None] = []
+    for fake, real in zip(generated, source):
+        if fake is None or real is None:
+            distances.append(None)
+            continue
+        x1, y1, x2, y2 = real.box
+        scale = size / max(x2 - x1, y2 - y1, 1e-6)
+        offsets = (np.asarray(fake.landmarks)[MOUTH_POINTS] - np.asarray(real.landmarks)[MOUTH_POINTS]) * scale
+        distances.append(float(np.linalg.norm(offsets, axis=1).mean()))
+    return distances
+
+
+def scored(values: Sequence[float | None], min_coverage: float, what: str = "frames") -> dict:
+    """A metric entry: the mean of the values that exist, how many of how many, or unavailable below coverage."""
+    found = [value for value in values if value is not None]
+    entry = {"frames": len(found), "of": len(values)}
+    if not values or len(found) < min_coverage * len(values):
+        share = len(found) / len(values) if values else 0.0
+        reason = (f"only {len(found)} of {len(values)} {what} could be scored ({share:.0%}, below the "
+                  f"{min_coverage:.0%} coverage required; --min-coverage)")
+        return {**_unavailable(reason), **entry}
+    return {"available": True, "value": float(np.mean(found)), **entry}
 
 
 # ---------------------------------------------------------------------------------------------- LSE
@@ -391,8 +443,10 @@ def _unavailable(reason: str) -> dict:
 def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.PathLike], *,
              inception: str | None = None, syncnet: str | None = None, syncnet_config: SyncNetConfig | None = None,
              landmarks_dir: str | None = None, detector: str | None = None, models_dir: str = "./models",
-             fid_region: str = "frame", max_frames: int | None = None, device: str = "cpu") -> dict:
-    """All metrics for ``generated[i]`` vs ``sources[i]``; each entry has ``available`` and a value or a reason."""
+             fid_region: str = "frame", max_frames: int | None = None, device: str = "cpu",
+             min_coverage: float = MIN_COVERAGE) -> dict:
+    """All metrics for ``generated[i]`` vs ``sources[i]``; each entry has ``available`` and a value or a reason,
+    and (once frames were read) ``frames`` scored ``of`` how many."""
     if len(generated) != len(sources):
         raise ValueError("Give one source video per generated video")
     face_detector = None
@@ -423,7 +477,8 @@ def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.
                 fake_sets.append(inception_features(model, fake))
                 real_sets.append(inception_features(model, real))
             value = frechet_distance(np.concatenate(fake_sets), np.concatenate(real_sets))
-            results["fid"] = {"available": True, "value": value, "region": fid_region}
+            count = sum(len(features) for features in fake_sets)
+            results["fid"] = {"available": True, "value": value, "region": fid_region, "frames": count, "of": count}
         except (LookupError, ValueError) as error:
             results["fid"] = _unavailable(str(error))
 
@@ -432,12 +487,25 @@ def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.
         results["csim"] = _unavailable(reason)
     else:
         embed = DlibFaceEmbedder()
-        try:
-            scores = [csim(embed, fake, real) for _, _, fake, real, _ in pairs]
-            total = sum(n for _, n in scores)
-            results["csim"] = {"available": True, "value": sum(s * n for s, n in scores) / total, "frames": total}
-        except ValueError as error:
-            results["csim"] = _unavailable(str(error))
+        scores = [score for _, _, fake, real, _ in pairs for score in csim(embed, fake, real)]
+        results["csim"] = scored(scores, min_coverage, "frame pairs (a face on both sides)")
+
+    psnr, ssim = [], []
+    for _, _, fake, real, _ in pairs:
+        values = psnr_ssim(fake, real)
+        psnr += values[0]
+        ssim += values[1]
+    results["psnr"], results["ssim"] = scored(psnr, min_coverage), scored(ssim, min_coverage)
+
+    if face_detector is None:
+        results["lmd"] = _unavailable("needs --detector to find the landmarks of the generated frames")
+    else:
+        distances = []
+        for _, real_path, fake, real, _ in pairs:
+            real_faces = _faces_for(real_path, real, landmarks_dir, face_detector)
+            distances += mouth_landmark_distance(select_faces(face_detector.detect(list(fake)), mode="largest"),
+                                                 real_faces)
+        results["lmd"] = scored(distances, min_coverage, "frame pairs (landmarks on both sides)")
 
     if syncnet is None or not Path(syncnet).is_file() or syncnet_config is None:
         reason = "no SyncNet weights and config (--syncnet, --syncnet-config)"
@@ -445,12 +513,18 @@ def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.
     else:
         try:
             network = load_syncnet(syncnet_config, syncnet, device).eval()
-            per_video = []
+            per_video, found, total = [], 0, 0
             for fake_path, real_path, fake, real, fps in pairs:
                 mel = melspectrogram(load_audio_16k(fake_path))
-                per_video.append(lse(network, crops_of(real_path, fake, real), mel, fps))
-            results["lse_d"] = {"available": True, "value": float(np.mean([d for d, _, _ in per_video]))}
-            results["lse_c"] = {"available": True, "value": float(np.mean([c for _, c, _ in per_video])),
+                faces = _faces_for(real_path, real, landmarks_dir, face_detector)
+                found, total = found + sum(face is not None for face in faces), total + len(faces)
+                per_video.append(lse(network, _face_crops(fake, faces), mel, fps))
+            if found < min_coverage * total:  # the other frames' crops repeat an earlier frame's box
+                raise ValueError(f"only {found} of {total} source frames have a face ({found / total:.0%}, below "
+                                 f"the {min_coverage:.0%} coverage required; --min-coverage)")
+            coverage = {"frames": found, "of": total}
+            results["lse_d"] = {"available": True, "value": float(np.mean([d for d, _, _ in per_video])), **coverage}
+            results["lse_c"] = {"available": True, "value": float(np.mean([c for _, c, _ in per_video])), **coverage,
                                 "offsets": [o for _, _, o in per_video]}
         except (LookupError, ValueError) as error:
             results["lse_d"], results["lse_c"] = _unavailable(str(error)), _unavailable(str(error))
@@ -472,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models-dir", default="./models")
     parser.add_argument("--fid-region", choices=["frame", "face"], default="frame")
     parser.add_argument("--max-frames", type=int)
+    parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE,
+                        help="a metric that scores fewer than this share of frames is refused (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="write the metrics here as JSON")
     args = parser.parse_args(argv)
@@ -479,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.generated, args.source, inception=args.inception, syncnet=args.syncnet,
         syncnet_config=load_syncnet_config(args.syncnet_config) if args.syncnet_config else None,
         landmarks_dir=args.landmarks_dir, detector=args.detector, models_dir=args.models_dir,
-        fid_region=args.fid_region, max_frames=args.max_frames, device=args.device,
+        fid_region=args.fid_region, max_frames=args.max_frames, device=args.device, min_coverage=args.min_coverage,
     )
     text = json.dumps(results, indent=2)
     print(text)

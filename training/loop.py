@@ -32,6 +32,7 @@ class TrainingLoop:
     """Drives ``training_step`` until ``max_train_steps``; checkpoints as ``<weights_prefix>-<step>.pth``."""
 
     weights_prefix = "model"
+    weights_suffix = ".pth"
 
     def __init__(self, config: Any, accelerator: Accelerator | None = None):
         self.config = config
@@ -51,11 +52,22 @@ class TrainingLoop:
         raise NotImplementedError
 
     def weights_state(self) -> dict[str, torch.Tensor]:
-        """What ``<prefix>-<step>.pth`` holds (the trained network's plain state dict by default)."""
-        return self.accelerator.unwrap_model(self.model).state_dict()
+        """What ``<prefix>-<step>.pth`` holds (the trained network's plain state dict by default).
+
+        Every process calls it: under FSDP, gathering the full weights is a collective operation.
+        """
+        return self.accelerator.get_state_dict(self.model)
 
     def load_weights_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.accelerator.unwrap_model(self.model).load_state_dict(state_dict, strict=True)
+
+    def save_weights(self, weights: dict, path: Path) -> None:
+        """Write the weights file of a checkpoint (``torch.save`` of :meth:`weights_state` by default)."""
+        runs.save_atomic(weights, path)
+
+    def load_weights(self, path: Path) -> None:
+        """Read back what :meth:`save_weights` wrote."""
+        self.load_weights_state(load_state_dict(path))
 
     def training_state(self) -> dict:
         """Optimizer/scheduler/auxiliary states (tensors and plain containers only)."""
@@ -73,15 +85,16 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def weights_path(self, step: int) -> Path:
-        return self.run_dir / f"{self.weights_prefix}-{step}.pth"
+        return self.run_dir / f"{self.weights_prefix}-{step}{self.weights_suffix}"
 
     def save_checkpoint(self) -> Path:
         """Write ``<prefix>-<step>.pth`` and ``state-<step>.pt``; returns the weights file."""
         accelerator, step = self.accelerator, self.global_step
         accelerator.wait_for_everyone()
+        weights = self.weights_state()
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            runs.save_atomic(self.weights_state(), self.weights_path(step))
+            self.save_weights(weights, self.weights_path(step))
             state = {"step": step, "rng": runs.capture_rng_state(), **self.training_state()}
             runs.save_atomic(state, self.run_dir / f"state-{step}.pt")
             runs.prune_checkpoints(self.run_dir, self.config.checkpoints_total_limit, (self.weights_prefix,))
@@ -92,7 +105,7 @@ class TrainingLoop:
         """Restore a checkpoint written by :meth:`save_checkpoint` (weights from the file beside it)."""
         state = runs.load_training_state(state_path)
         step = int(state["step"])
-        self.load_weights_state(load_state_dict(state_path.with_name(f"{self.weights_prefix}-{step}.pth")))
+        self.load_weights(state_path.with_name(self.weights_path(step).name))
         self.load_training_state(state)
         runs.restore_rng_state(state["rng"])
         self.global_step = step

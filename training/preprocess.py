@@ -6,8 +6,10 @@ face per frame is taken from a landmark JSON (``<landmarks-dir>/<stem>.json``
 or ``<video>.json`` beside the video, the ``musetalk_lib.faces`` format) or
 from a face detector, and the video is cut into clips: runs of consecutive
 frames with a face, at most ``--segment-seconds`` long (the official 30 s).
-Runs shorter than ``--min-frames`` are skipped and logged; a video without a
-usable face or without audio is skipped and logged.
+Gaps of at most ``--max-gap`` frames without a face inside a run (a missed
+detection, a hand passing) are filled by interpolating the landmarks of the
+frames on both sides. Runs shorter than ``--min-frames`` are skipped and
+logged; a video without a usable face or without audio is skipped and logged.
 
 The crop box is the union of the detector box and the landmark extent, as the
 official training data uses (``--box landmark`` uses the inference box
@@ -15,7 +17,9 @@ instead). Audio comes from ``<stem>.wav`` beside the video (or in
 ``--audio-dir``) or from the video's own audio track.
 
 The run is resumable: finished clips and videos are skipped when the command
-runs again, and half-written clips are redone. ``--workers`` processes videos
+runs again, and half-written clips are redone. Each video's record holds the
+options that shape its clips; a video done with other options is redone (its
+old clips removed), and ``--retry-skipped`` retries skipped videos. ``--workers`` processes videos
 in parallel. Every outcome goes to ``<output>/preprocess_log.jsonl``.
 """
 
@@ -28,6 +32,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -54,10 +59,12 @@ __all__ = [
     "PreprocessOptions",
     "Preprocessor",
     "face_box",
+    "fill_gaps",
     "find_videos",
     "plan_clips",
     "preprocess",
     "resample_indices",
+    "summarize",
 ]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
@@ -79,13 +86,21 @@ class PreprocessOptions:
     device: str = "cpu"
     fps: float | None = None  # resample to this rate; None keeps each video's rate
     segment_seconds: float = 30.0
-    min_frames: int = 25
+    min_frames: int = 16  # shortest clip kept: one stage 2 / SyncNet sample
+    max_gap: int = 5  # detection gaps up to this many frames inside a run are interpolated
     max_frames: int | None = None  # read at most this many frames per video (quick runs)
     box: str = "union"
     max_margin: int = 20
     whisper_dtype: str = "float16"
     detect_batch: int = 16
     png_compression: int = 1
+    retry_skipped: bool = False  # process videos again whose record says skipped
+
+    def clip_settings(self) -> dict:
+        """The options that decide what a video's clips hold (recorded with each video)."""
+        return {key: getattr(self, key) for key in ("landmarks_dir", "audio_dir", "detector", "fps", "segment_seconds",
+                                                    "min_frames", "max_gap", "max_frames", "box", "max_margin",
+                                                    "whisper_dtype")}
 
 
 def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -129,6 +144,28 @@ def face_box(face: Face, width: int, height: int, box_type: str = "union") -> li
     x1, y1 = max(0, int(x1)), max(0, int(y1))
     x2, y2 = min(width, int(math.ceil(x2))), min(height, int(math.ceil(y2)))
     return [x1, y1, x2, y2] if x2 > x1 and y2 > y1 else None
+
+
+def fill_gaps(faces: Sequence[Face | None], max_gap: int) -> tuple[list[Face | None], int]:
+    """Fill runs of at most ``max_gap`` missing faces between two found ones by linear interpolation.
+
+    Returns the faces and how many were filled; gaps at either end of the video stay empty.
+    """
+    filled = list(faces)
+    count = 0
+    known = [index for index, face in enumerate(faces) if face is not None]
+    for before, after in zip(known, known[1:]):
+        gap = after - before - 1
+        if not 0 < gap <= max_gap:
+            continue
+        first, last = faces[before], faces[after]
+        for index in range(before + 1, after):
+            weight = (index - before) / (after - before)
+            box = tuple((1 - weight) * a + weight * b for a, b in zip(first.box, last.box))
+            landmarks = (1 - weight) * first.landmarks + weight * last.landmarks
+            filled[index] = Face(box, landmarks, min(first.score, last.score))
+        count += gap
+    return filled, count
 
 
 def plan_clips(has_face: Sequence[bool], max_length: int, min_length: int) -> tuple[list[range], list[range]]:
@@ -204,7 +241,8 @@ class Preprocessor:
     def process(self, video: Path, key: str) -> dict:
         """Preprocess one video; returns a log record (``status`` ok or skipped, clips, reasons)."""
         started = time.time()
-        record: dict = {"video": str(video), "key": key, "clips": [], "skipped_runs": []}
+        record: dict = {"video": str(video), "key": key, "clips": [], "skipped_runs": [],
+                        "settings": self.options.clip_settings()}
         try:
             with VideoReader(video) as reader:
                 info = reader.info
@@ -212,7 +250,7 @@ class Preprocessor:
             indices = resample_indices(info.num_frames, info.fps, self.options.fps)
             if self.options.max_frames is not None:
                 indices = indices[: self.options.max_frames]
-            faces = self._faces(video, indices)
+            faces, record["interpolated_frames"] = fill_gaps(self._faces(video, indices), self.options.max_gap)
             boxes = [face_box(f, info.width, info.height, self.options.box) if f is not None else None for f in faces]
             max_length = max(1, round(self.options.segment_seconds * fps))
             runs, short = plan_clips([b is not None for b in boxes], max_length, self.options.min_frames)
@@ -295,7 +333,8 @@ def preprocess(inputs: Sequence[str | os.PathLike], options: PreprocessOptions, 
                progress: bool = True) -> list[dict]:
     """Preprocess every video under ``inputs``; returns the log records of the videos processed now.
 
-    Videos with a record in ``<output>/.done/`` are skipped (delete it to redo one).
+    Videos with a record in ``<output>/.done/`` made with the same clip settings are skipped (delete it to
+    redo one); with other settings, or skipped with ``retry_skipped``, they are processed again.
     """
     output = Path(options.output_dir)
     (output / DONE_DIR).mkdir(parents=True, exist_ok=True)
@@ -305,8 +344,16 @@ def preprocess(inputs: Sequence[str | os.PathLike], options: PreprocessOptions, 
     jobs = []
     for video in find_videos(inputs):
         key = _video_key(video, roots)
-        if not (output / DONE_DIR / f"{key}.json").is_file():
-            jobs.append((video, key))
+        done = output / DONE_DIR / f"{key}.json"
+        if done.is_file():
+            previous = json.loads(done.read_text(encoding="utf-8"))
+            same_settings = previous.get("settings") == json.loads(json.dumps(options.clip_settings()))
+            if same_settings and not (options.retry_skipped and previous["status"] != "ok"):
+                continue
+            for clip_id in previous.get("clips", []):  # made with other settings: they go
+                shutil.rmtree(output / clip_id, ignore_errors=True)
+            done.unlink()
+        jobs.append((video, key))
     records: list[dict] = []
 
     def finish(record: dict) -> None:
@@ -350,7 +397,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fps", type=float, help="resample frames to this rate (25 for LatentSync's SyncNet)")
     parser.add_argument("--segment-seconds", type=float, default=30.0)
-    parser.add_argument("--min-frames", type=int, default=25, help="shorter face runs are skipped")
+    parser.add_argument("--min-frames", type=int, default=16, help="shorter face runs are skipped")
+    parser.add_argument("--max-gap", type=int, default=5,
+                        help="interpolate the face over gaps of up to this many frames inside a run (0: off)")
+    parser.add_argument("--retry-skipped", action="store_true", help="process skipped videos again")
     parser.add_argument("--max-frames", type=int, help="read at most this many frames per video")
     parser.add_argument("--box", choices=BOX_TYPES, default="union")
     parser.add_argument("--max-margin", type=int, default=20, help="pixels kept below the box (dynamic margin)")
@@ -362,15 +412,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = PreprocessOptions(
         output_dir=args.output, landmarks_dir=args.landmarks_dir, audio_dir=args.audio_dir, detector=args.detector,
         models_dir=args.models_dir, whisper_dir=args.whisper_dir, device=args.device, fps=args.fps,
-        segment_seconds=args.segment_seconds, min_frames=args.min_frames, max_frames=args.max_frames,
+        segment_seconds=args.segment_seconds, min_frames=args.min_frames, max_gap=args.max_gap,
+        retry_skipped=args.retry_skipped, max_frames=args.max_frames,
         box=args.box, max_margin=args.max_margin, whisper_dtype=args.whisper_dtype,
         png_compression=args.png_compression,
     )
     records = preprocess(args.inputs, options, workers=args.workers)
     (Path(args.output) / "preprocess_options.json").write_text(json.dumps(asdict(options), indent=2), encoding="utf-8")
+    print(summarize(records, Path(args.output) / LOG_NAME))
+
+
+def summarize(records: Sequence[dict], log: Path) -> str:
+    """One paragraph: videos kept (clips, interpolated frames) and skipped, grouped by reason."""
     ok = [r for r in records if r["status"] == "ok"]
-    print(f"{len(ok)} videos -> {sum(len(r['clips']) for r in ok)} clips; "
-          f"{len(records) - len(ok)} videos skipped (see {Path(args.output) / LOG_NAME})")
+    lines = [f"{len(ok)} videos -> {sum(len(r['clips']) for r in ok)} clips "
+             f"({sum(r.get('interpolated_frames', 0) for r in ok)} frames interpolated over detection gaps); "
+             f"{len(records) - len(ok)} videos skipped (details: {log})"]
+    reasons = Counter(r["reason"].split(" (")[0] for r in records if r["status"] != "ok")
+    lines += [f"  {count} x {reason}" for reason, count in reasons.most_common()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

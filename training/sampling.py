@@ -19,12 +19,23 @@ code 0.51. The strategies differ only in their candidate set:
 - ``pose``: the pose-aligned set; ``mouth``: the lip-dissimilar set;
 - ``random``: every other frame of the clip.
 
-A reference is drawn uniformly from the candidates. With no candidates it is
-drawn uniformly from ``[target - 5T, target + 5T]`` (T = frames per sample).
-Either way, while it lies closer than ``min_gap`` frames to the target it is
-redrawn from that window, and the result is clamped to the clip (so, as in
-the official code, a target within 5T frames of a clip edge can get a
-reference closer than ``min_gap``, even itself).
+How a reference is drawn from the candidates is ``selection``:
+
+- ``paper`` (default): only candidates more than ``min_gap`` frames away from
+  the target are eligible, so a reference is never the target or one of its
+  ±``min_gap`` neighbours. When none is eligible (the intersection is small or
+  lies next to the target), the reference comes from the ``top_k`` eligible
+  frames nearest in pose (pose alignment is what the inpainting needs most);
+  when no frame at all is more than ``min_gap`` away (a clip of at most
+  ``2 * min_gap + 1`` frames), from the frames farthest in time. The paper
+  names the candidate set but no fallback; these keep its two rules (never a
+  near frame, pose-aligned first) wherever they can be kept.
+- ``official``: the official code's rule. A candidate (or, with no candidates,
+  a frame drawn uniformly from ``[target - 5T, target + 5T]``, T = frames per
+  sample) closer than ``min_gap`` frames to the target is redrawn from that
+  window, and the result is clamped to the clip. 9-21 % of the references on
+  real clips then lie outside the candidate set and a target near a clip edge
+  can get itself as reference.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import numpy as np
 __all__ = [
     "INNER_LIP_POINTS",
     "JAW_POINTS",
+    "SELECTIONS",
     "STRATEGIES",
     "ReferenceSampler",
     "landmarks_in_crop",
@@ -44,6 +56,7 @@ __all__ = [
 ]
 
 STRATEGIES = ("sis", "pose", "mouth", "random")
+SELECTIONS = ("paper", "official")
 JAW_POINTS = slice(0, 16)
 INNER_LIP_POINTS = slice(60, 67)
 FALLBACK_WINDOW_PER_FRAME = 5
@@ -80,7 +93,8 @@ class ReferenceSampler:
 
     ``landmarks`` are ``[N, 68, 2]`` in crop coordinates (see :func:`landmarks_in_crop`).
     ``sample_frames`` is the number of consecutive target frames per training
-    sample (T); it sets the fallback window ``[target - 5T, target + 5T]``.
+    sample (T); it sets the official fallback window ``[target - 5T, target + 5T]``.
+    ``selection`` is ``paper`` or ``official`` (see the module docstring).
     """
 
     landmarks: np.ndarray
@@ -88,13 +102,18 @@ class ReferenceSampler:
     top_k_ratio: float = 0.51
     min_gap: int = 5
     sample_frames: int = 1
+    selection: str = "paper"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"Unknown sampling strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"Unknown reference selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}.")
         self.landmarks = np.asarray(self.landmarks, dtype=np.float64)
         if self.landmarks.ndim != 3 or self.landmarks.shape[1:] != (68, 2):
             raise ValueError(f"Expected landmarks [N, 68, 2], got {self.landmarks.shape}")
+        if self.num_frames < 2:
+            raise ValueError("A clip needs at least 2 frames to draw a reference other than the target")
         self.top_k = top_k_count(self.num_frames, self.top_k_ratio)
 
     @property
@@ -126,12 +145,32 @@ class ReferenceSampler:
         return np.delete(np.arange(self.num_frames), target)
 
     def fallback_window(self, target: int) -> tuple[int, int]:
-        """Inclusive frame range that references are drawn from when the candidates do not serve."""
+        """Official selection: the inclusive frame range references are redrawn from when candidates do not serve."""
         half = max(FALLBACK_WINDOW_PER_FRAME * self.sample_frames, self.min_gap)
         return target - half, target + half
 
+    def eligible(self, target: int) -> np.ndarray:
+        """Paper selection: the frames more than ``min_gap`` frames away from ``target``, in increasing order."""
+        frames = np.arange(self.num_frames)
+        return frames[np.abs(frames - target) > self.min_gap]
+
+    def paper_choices(self, target: int) -> np.ndarray:
+        """The frames the paper selection draws from for ``target`` (see the module docstring)."""
+        eligible = self.eligible(target)
+        choices = np.intersect1d(self.candidates(target), eligible)
+        if len(choices):
+            return choices
+        if len(eligible):
+            distance = mean_point_distance(self.landmarks, target, JAW_POINTS)[eligible]
+            return np.sort(eligible[np.argsort(distance, kind="stable")[: max(self.top_k, 1)]])
+        frames = np.delete(np.arange(self.num_frames), target)
+        gaps = np.abs(frames - target)
+        return frames[gaps == gaps.max()]
+
     def sample(self, target: int, rng: np.random.Generator) -> int:
         """Draw one reference frame for ``target``."""
+        if self.selection == "paper":
+            return int(rng.choice(self.paper_choices(target)))
         candidates = self.candidates(target)
         low, high = self.fallback_window(target)
         source = int(rng.choice(candidates)) if len(candidates) else int(rng.integers(low, high + 1))

@@ -18,6 +18,7 @@ on one device, or under ``accelerate launch`` on many GPUs and machines.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,13 +26,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 
 from musetalk_lib.checkpoint import load_state_dict
 from musetalk_lib.crop import FACE_SIZE
+from musetalk_lib.lora import ADAPTER_NAME, add_lora, lora_state_dict, read_lora, save_lora
 from musetalk_lib.unet import build_unet, load_unet_config, positional_encoding
 from musetalk_lib.vae import load_vae
 
@@ -41,10 +43,16 @@ from .data import LipSyncDataset
 from .discriminator import MultiScaleDiscriminator
 from .loop import TrainingLoop
 from .losses import crop_boxes, feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
+from .optim import build_optimizer, cosine_annealing, restore_scheduler
 from .syncnet import SyncNet, load_syncnet, sync_loss
 from .vgg import PerceptualLoss, load_vgg19
 
 __all__ = ["LipSyncTrainer", "load_syncnet_config", "main", "mask_lower_half"]
+
+logger = logging.getLogger(__name__)
+
+# Frozen networks (the VAE, a LoRA's base UNet) are stored in the mixed-precision dtype: half their memory.
+FROZEN_WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def mask_lower_half(images: torch.Tensor) -> torch.Tensor:
@@ -72,13 +80,26 @@ class LipSyncTrainer(TrainingLoop):
     """Builds the networks, data and optimizers of a run from its :class:`TrainConfig` and trains them.
 
     Checkpoints are ``unet-<step>.pth``: the UNet's plain state dict, which
-    :func:`musetalk_lib.unet.load_unet` and the official code load.
+    :func:`musetalk_lib.unet.load_unet` and the official code load. With
+    ``lora.rank > 0`` only a LoRA adapter on the UNet trains and checkpoints are
+    ``lora-<step>.safetensors`` LoRA files (:mod:`musetalk_lib.lora`).
     """
-
-    weights_prefix = "unet"
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None):
         super().__init__(config, accelerator)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            if config.lora.rank > 0:
+                raise ValueError("LoRA runs are small: train them with DDP (accelerate_ddp.yaml), not FSDP")
+            if config.save_optimizer_state:
+                raise ValueError("Under FSDP each GPU holds a shard of the optimizer states, which checkpoints do "
+                                 "not gather: set save_optimizer_state: false (resume then restarts the moments)")
+            if config.validation_steps:
+                raise ValueError("Validation images run the UNet on the main process alone, which FSDP's sharded "
+                                 "UNet cannot: set validation_steps: 0 (validate a saved unet-<step>.pth instead)")
+        if config.lora.rank > 0:
+            self.weights_prefix, self.weights_suffix = "lora", ".safetensors"
+        else:
+            self.weights_prefix = "unet"
         set_seed(config.seed)
         self._build_models()
         self._build_optimizers()
@@ -92,11 +113,20 @@ class LipSyncTrainer(TrainingLoop):
         if config.models.init_unet:
             unet.load_state_dict(load_state_dict(_require(config.models.init_unet, "The initial UNet",
                                                           "models.init_unet")), strict=True)
+        self.lora_config = None
+        if config.lora.rank > 0:
+            self.lora_config = add_lora(unet, config.lora.rank, config.lora.alpha, config.lora.target_modules,
+                                        config.lora.dropout)
+        frozen_dtype = FROZEN_WEIGHT_DTYPES.get(config.mixed_precision, torch.float32)
+        if self.lora_config is not None:  # the frozen base weights in the mixed-precision dtype, the LoRA in fp32
+            for parameter in unet.parameters():
+                if not parameter.requires_grad:
+                    parameter.data = parameter.data.to(frozen_dtype)
         if config.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.unet: UNet2DConditionModel = unet.train()
 
-        face_vae = load_vae(config.models.vae, device=device)
+        face_vae = load_vae(config.models.vae, device=device, dtype=frozen_dtype)
         self.vae = face_vae.vae.requires_grad_(False).eval()
         if config.model.vae_gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
@@ -131,8 +161,7 @@ class LipSyncTrainer(TrainingLoop):
 
     def _build_optimizers(self) -> None:
         optim, steps = self.config.optim, self.config.max_train_steps
-        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                           weight_decay=optim.weight_decay, eps=optim.eps)
+        self.optimizer = build_optimizer(optim, [p for p in self.unet.parameters() if p.requires_grad])
         self.scheduler = get_scheduler(optim.lr_scheduler, self.optimizer, num_warmup_steps=optim.warmup_steps,
                                        num_training_steps=steps)
         d = self.config.discriminator
@@ -141,8 +170,7 @@ class LipSyncTrainer(TrainingLoop):
             optimizer = torch.optim.AdamW(discriminator.parameters(), lr=d.lr, betas=tuple(d.betas),
                                           weight_decay=d.weight_decay, eps=d.eps)
             self.d_optimizers[name] = optimizer
-            self.d_schedulers[name] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps,
-                                                                                 eta_min=d.eta_min)
+            self.d_schedulers[name] = cosine_annealing(optimizer, steps, d.eta_min)
 
     def _build_data(self) -> None:
         config = self.config
@@ -272,26 +300,57 @@ class LipSyncTrainer(TrainingLoop):
         return {key: float(value.detach()) for key, value in losses.items()}
 
     # ----------------------------------------------------------------------------------------- state
+    def weights_state(self) -> dict[str, torch.Tensor]:
+        if self.lora_config is None:
+            return super().weights_state()
+        return lora_state_dict(self.accelerator.unwrap_model(self.unet))
+
+    def save_weights(self, weights: dict, path: Path) -> None:
+        if self.lora_config is None:
+            super().save_weights(weights, path)
+            return
+        save_lora(weights, self.lora_config, path, {"step": str(self.global_step), "exp_name": self.config.exp_name})
+
+    def load_weights(self, path: Path) -> None:
+        if self.lora_config is None:
+            super().load_weights(path)
+            return
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), read_lora(path).state_dict,
+                                           adapter_name=ADAPTER_NAME)
+        if result.unexpected_keys:
+            raise ValueError(f"{path} does not fit this run's LoRA: {result.unexpected_keys[:5]}")
+
     def training_state(self) -> dict:
         unwrap = self.accelerator.unwrap_model
-        return {
-            "optimizer": self.optimizer.state_dict(),
+        state = {
             "scheduler": self.scheduler.state_dict(),
             "discriminators": {n: unwrap(d).state_dict() for n, d in self.discriminators.items()},
-            "discriminator_optimizers": {n: o.state_dict() for n, o in self.d_optimizers.items()},
             "discriminator_schedulers": {n: s.state_dict() for n, s in self.d_schedulers.items()},
         }
+        if self.config.save_optimizer_state:
+            state["optimizer"] = self.optimizer.state_dict()
+            state["discriminator_optimizers"] = {n: o.state_dict() for n, o in self.d_optimizers.items()}
+        return state
 
     def load_training_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Restore the states; a checkpoint saved without optimizer states restarts the optimizers' moments."""
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            for name, optimizer in self.d_optimizers.items():
+                optimizer.load_state_dict(state["discriminator_optimizers"][name])
+        else:
+            logger.warning("%s holds no optimizer states (save_optimizer_state: false): the optimizers restart "
+                           "their moments, so the resumed run differs from an uninterrupted one.",
+                           f"state-{state['step']}.pt")
+        restore_scheduler(self.scheduler, state["scheduler"])
         for name, discriminator in self.discriminators.items():
             self.accelerator.unwrap_model(discriminator).load_state_dict(state["discriminators"][name])
-            self.d_optimizers[name].load_state_dict(state["discriminator_optimizers"][name])
-            self.d_schedulers[name].load_state_dict(state["discriminator_schedulers"][name])
+            restore_scheduler(self.d_schedulers[name], state["discriminator_schedulers"][name])
 
     def learning_rate(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -304,7 +363,8 @@ class LipSyncTrainer(TrainingLoop):
             item = self.val_dataset[index]
             target = item["pixel_values"][:1].to(self.device)
             reference = item["ref_pixel_values"][:1].to(self.device)
-            generated = self.generate(unet, target, reference, item["audio_features"][:1].to(self.device))
+            with self.accelerator.autocast():
+                generated = self.generate(unet, target, reference, item["audio_features"][:1].to(self.device)).float()
             errors.append(F.l1_loss(generated, target).item())
             rows.append([reference[0], mask_lower_half(target)[0], generated[0], target[0]])
         unet.train()

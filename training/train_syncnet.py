@@ -76,7 +76,7 @@ class SyncNetTrainer(TrainingLoop):
         return {"loss": float(loss.detach()), "accuracy": float(accuracy)}
 
     def weights_state(self) -> dict:
-        return {"state_dict": self.accelerator.unwrap_model(self.model).state_dict()}
+        return {"state_dict": self.accelerator.get_state_dict(self.model)}
 
     def training_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
