@@ -8,14 +8,16 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .avatar import MuseTalkLoadAvatar
-from .dub import MuseTalkDub
+from .dub import MuseTalkDub, MuseTalkDubOptions
 from .generation import MuseTalkBlendMouth, MuseTalkUNet, MuseTalkVAEEncodeMaskedFace, MuseTalkWhisperAudioFeatures
-from .loaders import MuseTalkFaceParserLoader, MuseTalkUNetLoader, MuseTalkVAELoader, MuseTalkWhisperLoader
+from .loaders import (MuseTalkFaceParserLoader, MuseTalkLoraLoader, MuseTalkUNetLoader, MuseTalkVAELoader,
+                      MuseTalkWhisperLoader)
 from .runtime import register_model_folder
 from .video import MuseTalkVideoCombine
 
 NODES: list[type[io.ComfyNode]] = [
     MuseTalkUNetLoader,
+    MuseTalkLoraLoader,
     MuseTalkVAELoader,
     MuseTalkWhisperLoader,
     MuseTalkFaceParserLoader,
@@ -26,6 +28,7 @@ NODES: list[type[io.ComfyNode]] = [
     MuseTalkBlendMouth,
     MuseTalkVideoCombine,
     MuseTalkDub,
+    MuseTalkDubOptions,
 ]
 
 

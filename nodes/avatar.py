@@ -177,12 +177,12 @@ def files_identity(node: str, **names: str) -> str:
     return digest.hexdigest()
 
 
-def align_roll_input() -> io.Float.Input:
-    # Optional, so workflows saved before it existed still validate.
-    return io.Float.Input("align_roll", default=0.0, min=0.0, max=89.0, step=1.0, optional=True,
-                          tooltip="Upright crops for tilted heads: when the eye line is tilted more than this many "
-                                  "degrees, the face is turned level before generating and turned back when "
-                                  "pasted. 0 = off (official).")
+def dub_options_input() -> io.Custom.Input:
+    # A socket, not widgets: the frontend puts the upload button after the required widgets, so widgets added
+    # after it would take the saved values of the ones before (and older workflows lack them).
+    return sockets.DubOptions.Input("options", optional=True,
+                                    tooltip="Optional settings from MuseTalk Dub Options (preview, silence, turned "
+                                            "and tilted heads).")
 
 
 def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y, smoothing,
@@ -210,7 +210,7 @@ class MuseTalkLoadAvatar(io.ComfyNode):
             inputs=[*source_inputs(), *face_inputs(),
                     io.Image.Input("images", optional=True,
                                    tooltip="Frames from any loader (VHS Load Video, Get Video Components...)."),
-                    align_roll_input()],
+                    dub_options_input()],
             outputs=[sockets.Avatar.Output(display_name="avatar", tooltip="Frames and face track for the MuseTalk nodes."),
                      io.Image.Output(display_name="preview",
                                      tooltip="Crop boxes on a few frames; frames without a face say NO FACE."),
@@ -230,14 +230,14 @@ class MuseTalkLoadAvatar(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, fps, face_backend, bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-                face_point_y, smoothing, landmarks_file, images=None, align_roll=0.0) -> io.NodeOutput:
+                face_point_y, smoothing, landmarks_file, images=None, options=None) -> io.NodeOutput:
         from ..musetalk_lib.face_preview import face_preview
         from .convert import AvatarPayload, frames_to_image
 
         with reported_as(cls.DISPLAY_NAME):
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)
             settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-                                       face_point_y, smoothing, align_roll=align_roll)
+                                       face_point_y, smoothing, align_roll=(options or {}).get("align_roll", 0.0))
             track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
                                        Progress(), cls.DISPLAY_NAME)
             shown = face_preview(source, track)

@@ -7,26 +7,75 @@ from comfy_api.latest import io
 from ..musetalk_lib.options import SILENCE_MODES
 
 from . import sockets
-from .avatar import align_roll_input, avatar_settings, face_inputs, open_frames, source_inputs, track_faces
+from .avatar import avatar_settings, dub_options_input, face_inputs, open_frames, source_inputs, track_faces
 from .generation import (CATEGORY, batch_size_input, blend_input, face_parser_input, length_policy_input,
                          mask_mode_input)
 from .runtime import Progress, hidden_value, input_file_problem, output_is_linked, reported_as
 
 
 def library_options(inputs: dict):
-    """The library's avatar settings and dub options from the Dub node's widget values (the one place)."""
+    """The library's avatar settings and dub options from the Dub node's widget values and its optional
+    ``options`` (MuseTalk Dub Options) — the one place."""
     from dataclasses import replace
 
     from ..musetalk_lib.pipeline import DubOptions
 
+    extra = {**DUB_OPTION_DEFAULTS, **(inputs.get("options") or {})}
     settings = avatar_settings(inputs["bbox_shift"], inputs["extra_margin"], inputs["face_selection"],
                                inputs["face_index"], inputs["face_point_x"], inputs["face_point_y"],
-                               inputs["smoothing"], align_roll=inputs.get("align_roll", 0.0))
+                               inputs["smoothing"], align_roll=extra["align_roll"])
     settings = replace(settings, mask_mode=inputs["mask_mode"])
     options = DubOptions(batch_size=inputs["batch_size"], length_policy=inputs["length_policy"],
-                         blend_variant=inputs["blend"], preview_seconds=inputs.get("preview_seconds") or None,
-                         silence=inputs.get("silence", "model"), max_yaw=inputs.get("max_yaw") or None)
+                         blend_variant=inputs["blend"], preview_seconds=extra["preview_seconds"] or None,
+                         silence=extra["silence"], max_yaw=extra["max_yaw"] or None)
     return settings, options
+
+
+DUB_OPTION_DEFAULTS = {"preview_seconds": 0.0, "silence": "model", "max_yaw": 0.0, "align_roll": 0.0}
+
+
+class MuseTalkDubOptions(io.ComfyNode):
+    """Optional settings for MuseTalk Dub (and Load Avatar): quick preview and the failure-case options."""
+
+    DISPLAY_NAME = "MuseTalk Dub Options"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MuseTalkDubOptions", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Settings beyond the official ones, for MuseTalk Dub's (or Load Avatar's) 'options' input. "
+                        "Every default is the official behaviour.",
+            inputs=[
+                io.Float.Input("preview_seconds", default=0.0, min=0.0, max=3600.0, step=0.5,
+                               tooltip="Dub only the first seconds of the speech, to tune face and blend settings "
+                                       "quickly. 0 = the whole speech."),
+                io.Combo.Input("silence", options=list(SILENCE_MODES), default="model",
+                               tooltip="Silent stretches (pauses, breaths, room noise): model = the model decides "
+                                       "(official); gate = silence reaches Whisper as digital zeros so noise stops "
+                                       "moving the mouth; source = the source frames show there, crossfaded (idle "
+                                       "loops with a closed mouth)."),
+                io.Float.Input("max_yaw", default=0.0, min=0.0, max=89.0, step=1.0,
+                               tooltip="Face quality gate: frames whose head is turned further than this many degrees "
+                                       "from frontal keep the source face, crossfaded. 0 = off (official); 25-35 "
+                                       "suits detected landmarks."),
+                io.Float.Input("align_roll", default=0.0, min=0.0, max=89.0, step=1.0,
+                               tooltip="Upright crops for tilted heads: when the eye line is tilted more than this "
+                                       "many degrees, the face is turned level before generating and turned back "
+                                       "when pasted. 0 = off (official)."),
+            ],
+            outputs=[sockets.DubOptions.Output(display_name="options")],
+        )
+
+    @classmethod
+    def execute(cls, preview_seconds: float, silence: str, max_yaw: float, align_roll: float) -> io.NodeOutput:
+        from ..musetalk_lib.avatar import AvatarSettings
+        from ..musetalk_lib.pipeline import DubOptions
+
+        with reported_as(cls.DISPLAY_NAME):  # refuse bad values here, on this node
+            DubOptions(preview_seconds=preview_seconds or None, silence=silence, max_yaw=max_yaw or None)
+            AvatarSettings(align_roll=align_roll or None)
+        return io.NodeOutput({"preview_seconds": preview_seconds, "silence": silence, "max_yaw": max_yaw,
+                              "align_roll": align_roll})
 
 
 class MuseTalkDub(io.ComfyNode):
@@ -52,20 +101,7 @@ class MuseTalkDub(io.ComfyNode):
                 batch_size_input(),
                 io.Image.Input("images", optional=True, tooltip="Frames to dub instead of the file."),
                 face_parser_input(),
-                # Optional, so workflows saved before it existed still validate.
-                io.Float.Input("preview_seconds", default=0.0, min=0.0, max=3600.0, step=0.5, optional=True,
-                               tooltip="Dub only the first seconds of the speech, to tune face and blend settings "
-                                       "quickly. 0 = the whole speech."),
-                io.Combo.Input("silence", options=list(SILENCE_MODES), default="model", optional=True,
-                               tooltip="Silent stretches (pauses, breaths, room noise): model = the model decides "
-                                       "(official); gate = silence reaches Whisper as digital zeros so noise stops "
-                                       "moving the mouth; source = the source frames show there, crossfaded (idle "
-                                       "loops with a closed mouth)."),
-                io.Float.Input("max_yaw", default=0.0, min=0.0, max=89.0, step=1.0, optional=True,
-                               tooltip="Face quality gate: frames whose head is turned further than this many degrees "
-                                       "from frontal keep the source face, crossfaded. 0 = off (official); 25-35 "
-                                       "suits detected landmarks."),
-                align_roll_input(),
+                dub_options_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Dubbed frames (built only when connected; use "

@@ -177,3 +177,73 @@ class MuseTalkFaceParserLoader(io.ComfyNode):
                 return io.NodeOutput(None, ui={"text": [note]})
             parser = load_face_parser(weights, offload_device(), choose_dtype(dtype, torch_device()))
         return loaded(ManagedModel(parser, "face-parsing", str(weights), random_weights), root, cls.DISPLAY_NAME)
+
+
+LORA_FOLDER = "loras"  # under models/musetalk: the identity LoRAs `musetalk finetune` writes
+
+
+def lora_files() -> list[str]:
+    """The ``.safetensors`` files in ``models/musetalk/loras`` (for the LoRA widget)."""
+    from .runtime import model_roots
+
+    names = set()
+    for root in model_roots():
+        folder = root / LORA_FOLDER
+        if folder.is_dir():
+            names.update(path.relative_to(folder).as_posix() for path in folder.rglob("*.safetensors"))
+    return sorted(names)
+
+
+def _lora_path(name: str):
+    """The file ``name`` stands for in the first models/musetalk/loras that has it, or None (never outside it)."""
+    from .runtime import model_roots
+
+    if name not in lora_files():
+        return None
+    return next(root / LORA_FOLDER / name for root in model_roots() if (root / LORA_FOLDER / name).is_file())
+
+
+class MuseTalkLoraLoader(io.ComfyNode):
+    """An identity LoRA (``musetalk finetune``) merged into a copy of the MuseTalk UNet."""
+
+    DISPLAY_NAME = "MuseTalk LoRA Loader"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MuseTalkLoraLoader", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Applies an actor's identity LoRA (trained with `musetalk finetune`) to the MuseTalk UNet, "
+                        "for a sharper mouth on that person. The UNet coming in is left unchanged.",
+            inputs=[sockets.UNet.Input("unet"),
+                    io.Combo.Input("lora_file", options=lora_files(),
+                                   tooltip="A LoRA file from models/musetalk/loras (musetalk finetune -o ...)."),
+                    io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.05,
+                                   tooltip="How much of the LoRA's change to apply: 0 = the base UNet exactly, "
+                                           "1 = as trained.")],
+            outputs=[sockets.UNet.Output(display_name="unet")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, unet=None, lora_file="", strength=1.0):
+        from ..musetalk_lib.weights import path_identity
+
+        path = _lora_path(lora_file)
+        return f"{path_identity(path) if path is not None else 'missing'}:{strength}"
+
+    @classmethod
+    def validate_inputs(cls, lora_file: str | None = None) -> bool | str:
+        if lora_file is not None and _lora_path(lora_file) is None:
+            return (f"{cls.DISPLAY_NAME}: no LoRA file '{lora_file}' in models/musetalk/{LORA_FOLDER}. Train one "
+                    "with `musetalk finetune VIDEO -o ACTOR.safetensors` and put it there.")
+        return True
+
+    @classmethod
+    def execute(cls, unet: ManagedModel, lora_file: str, strength: float) -> io.NodeOutput:
+        from ..musetalk_lib.lora import unet_with_lora
+
+        path = _lora_path(lora_file)
+        with reported_as(cls.DISPLAY_NAME):
+            if path is None:
+                raise FileNotFoundError(f"No LoRA file '{lora_file}' in models/musetalk/{LORA_FOLDER}.")
+            patched = unet_with_lora(unet.module, path, strength)
+        return io.NodeOutput(ManagedModel(patched, f"{unet.kind}+lora", f"{unet.files}+{path}", unet.random_weights))

@@ -1,6 +1,7 @@
 """ComfyUI nodes called directly (no ComfyUI needed) on tiny RANDOM weights, and their declared contracts."""
 
 import inspect
+import os
 import re
 import shutil
 import subprocess
@@ -51,9 +52,8 @@ def test_node_contract(node_id):
             assert options["default"] in options["options"]
     declared = cls.INPUT_TYPES()
     uploads = [name for name, spec in declared["required"].items() if spec[1].get("video_upload")]
-    if uploads:  # the frontend appends an upload button after the required inputs: only sockets and
-        # widgets added later (optional, so older saved workflows still validate) may follow it
-        assert all(spec[0] not in ("INT", "STRING", "BOOLEAN", "COMBO")
+    if uploads:  # the frontend appends an upload button after the required inputs: only sockets may follow it
+        assert all(spec[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
                    for spec in declared.get("optional", {}).values())
     assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(schema.outputs)
 
@@ -331,6 +331,7 @@ NAME_INPUTS = {
     ("MuseTalkLoadAvatar", "file"): "input", ("MuseTalkLoadAvatar", "landmarks_file"): "input",
     ("MuseTalkDub", "file"): "input", ("MuseTalkDub", "landmarks_file"): "input",
     ("MuseTalkVideoCombine", "filename_prefix"): "output",
+    ("MuseTalkLoraLoader", "lora_file"): "models",  # a list of models/musetalk/loras, checked in its own test
 }
 INPUT_FILES = sorted(key for key, folder in NAME_INPUTS.items() if folder == "input")
 SUFFIX = {"file": ".mp4", "landmarks_file": ".json"}
@@ -558,12 +559,21 @@ def test_loaders_say_the_weights_are_random(random_models, monkeypatch):
     assert note.startswith("RANDOM test weights in ")
 
 
+def dub_options(preview_seconds=0.0, silence="model", max_yaw=0.0, align_roll=0.0):
+    return node("MuseTalkDubOptions").execute(preview_seconds, silence, max_yaw, align_roll)[0]
+
+
+def test_dub_options_refuses_bad_values_on_its_node():
+    with pytest.raises(ValueError, match="^MuseTalk Dub Options: max_yaw must be"):
+        dub_options(max_yaw=95.0)
+
+
 def test_preview_seconds_dubs_only_the_start(workspace, loaded, media):
     inputs = dict(mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
                   landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
     speech = audio_value(media / "speech_short.wav")
     output = with_hidden(node("MuseTalkDub")).execute(loaded["unet"], loaded["vae"], loaded["whisper"], speech,
-                                                      "face_still.png", 25.0, preview_seconds=0.4, **inputs)
+                                                      "face_still.png", 25.0, options=dub_options(0.4), **inputs)
     images, audio, _, _ = output.args
     assert len(images) == 10 and audio["waveform"].shape[-1] == round(0.4 * speech["sample_rate"])
     assert "Preview: only the first 0.4 s of the speech were dubbed." in output.ui["text"]
@@ -616,18 +626,47 @@ def test_errors_name_the_node_and_never_a_module_path():
 
 
 def test_dub_failure_case_inputs_reach_the_library_and_the_report(workspace, loaded, media):
-    """silence, max_yaw and align_roll are optional Dub inputs; the silent spans are reported on the node."""
+    """silence, max_yaw and align_roll come through Dub Options; the silent spans are reported on the node."""
     from importlib import import_module
 
     library_options = import_module(PACK.__name__ + ".nodes.dub").library_options
     inputs = dict(mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
                   landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
-    settings, options = library_options({**inputs, "silence": "source", "max_yaw": 30.0, "align_roll": 10.0})
+    settings, options = library_options({**inputs, "options": dub_options(0, "source", 30.0, 10.0)})
     assert (options.silence, options.max_yaw, settings.align_roll) == ("source", 30.0, 10.0)
     settings, options = library_options(inputs)  # a workflow saved before these inputs existed
     assert (options.silence, options.max_yaw, settings.align_roll) == ("model", None, None)
     speech = audio_value(media / "silence_2s.wav")
     output = with_hidden(node("MuseTalkDub")).execute(loaded["unet"], loaded["vae"], loaded["whisper"], speech,
-                                                      "face_still.png", 25.0, preview_seconds=0.4,
-                                                      silence="gate", **inputs)
+                                                      "face_still.png", 25.0, options=dub_options(0.4, "gate"),
+                                                      **inputs)
     assert "Silent output frames (silence=gate): [(0, 9)]." in output.ui["text"]
+
+
+def test_lora_loader_patches_a_copy_of_the_unet(tmp_path, monkeypatch, random_models, loaded):
+    import torch
+    from musetalk_lib.lora import add_lora, lora_state_dict, save_lora
+    from musetalk_lib.unet import build_unet, load_unet_config
+
+    models = tmp_path / "models"
+    (models / "loras").mkdir(parents=True)
+    for name in os.listdir(random_models):
+        (models / name).symlink_to(random_models / name)
+    unet = build_unet(load_unet_config(random_models / "musetalkV15" / "musetalk.json"))
+    config = add_lora(unet, rank=4)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
+    save_lora(lora_state_dict(unet), config, models / "loras" / "actor.safetensors")
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(models))
+    loader = node("MuseTalkLoraLoader")
+    assert loader.validate_inputs("actor.safetensors") is True
+    assert loader.validate_inputs("../musetalkV15/unet.pth").startswith("MuseTalk LoRA Loader: no LoRA file")
+    base = loaded["unet"]
+    before = {name: tensor.clone() for name, tensor in base.module.state_dict().items()}
+    zero = loader.execute(base, "actor.safetensors", 0.0)[0].module
+    full = loader.execute(base, "actor.safetensors", 1.0)[0].module
+    assert all(torch.equal(before[name], tensor) for name, tensor in base.module.state_dict().items())
+    assert all(torch.equal(before[name], tensor) for name, tensor in zero.state_dict().items())
+    assert any(not torch.equal(before[name], tensor) for name, tensor in full.state_dict().items())
