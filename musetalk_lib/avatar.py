@@ -94,6 +94,7 @@ __all__ = [
     "BlendMasks",
     "FaceLatents",
     "FaceTrack",
+    "SmoothedMasks",
     "build_track",
     "detect_faces",
     "encode_faces",
@@ -418,8 +419,8 @@ class BlendMasks(BlendRegions):
         if mode not in MASK_MODES:
             raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
         if settings.mask_smoothing:
-            raise ValueError("mask_smoothing needs the masks of the neighbouring frames: prepare the avatar "
-                             "(prepare_avatar) instead of computing masks on demand.")
+            raise ValueError("mask_smoothing needs the masks of the neighbouring frames: use SmoothedMasks or "
+                             "prepare the avatar (prepare_avatar) instead of computing masks on demand.")
         super().__init__(track, settings)
         self.mode, self.parser = mode, parser
 
@@ -428,6 +429,35 @@ class BlendMasks(BlendRegions):
             raise ValueError("BlendMasks needs the source frames to compute their masks.")
         masks = face_masks(frames, self.track, indices, self.mode, self.settings, self.parser)
         return np.packbits(masks > 127, axis=None).reshape(len(masks), -1)
+
+
+class SmoothedMasks(BlendRegions):
+    """Blend regions with time-smoothed masks (``settings.mask_smoothing``), computed for every face frame at once.
+
+    Smoothing needs each frame's neighbours, so the masks are made in one pass
+    over ``source`` when this is built (as :func:`prepare_avatar` does) and
+    kept bit-packed (32 KiB a frame).
+    """
+
+    def __init__(self, source: FrameSource, track: FaceTrack, settings: AvatarSettings, mode: str,
+                 parser: FaceParser | None = None, batch_size: int = 8, progress: Progress | None = None):
+        if mode not in MASK_MODES:
+            raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
+        super().__init__(track, settings)
+        smoother = MaskSmoother(track, settings.expand, settings.mask_smoothing)
+        smoothed, done = [], 0
+        for indices, frames in _face_batches(source, track, batch_size):
+            smoothed.append(smoother.push(indices, face_masks(frames, track, indices, mode, settings, parser)))
+            done += len(indices)
+            if progress:
+                progress("smooth masks", done, len(track.face_frames))
+        smoothed.append(smoother.finish())
+        masks = np.concatenate([batch.reshape(-1, PARSING_SIZE, PARSING_SIZE) for batch in smoothed])
+        packed = np.packbits(masks > 127, axis=None).reshape(len(masks), -1)
+        self._packed = dict(zip(track.face_frames.tolist(), packed))
+
+    def packed_masks(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        return np.stack([self._packed[int(index)] for index in indices])
 
 
 TRACK_FILE = "track.safetensors"

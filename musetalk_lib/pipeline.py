@@ -34,7 +34,7 @@ import torch
 
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import WHISPER_SAMPLE_RATE, load_audio, to_whisper_input
-from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, Progress, prepare_avatar
+from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, Progress, SmoothedMasks, prepare_avatar
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
 from .face_detection import create_detector
@@ -426,12 +426,17 @@ def blended_frames(source: FrameSource, track: FaceTrack, settings: AvatarSettin
     """The output frames of precomputed UNet predictions as a lazy stream, and the fallbacks taken.
 
     The blend mask is ``settings``' mask mode; without a ``parser`` it falls
-    back to the landmark mask, and the returned notes say so.
+    back to the landmark mask, and the returned notes say so. With
+    ``settings.mask_smoothing`` the masks of all face frames are made (and
+    smoothed) first, in one pass over ``source``.
     """
     mode = settings.resolved_mask_mode(parser is not None)
     requested = settings.resolved_mask_mode(True)
     notes = [] if mode == requested else [f"No face parser: the landmark mask was used instead of '{requested}'."]
-    masks = BlendMasks(track, settings, mode, parser)
+    if settings.mask_smoothing:
+        masks = SmoothedMasks(source, track, settings, mode, parser, options.batch_size, progress)
+    else:
+        masks = BlendMasks(track, settings, mode, parser)
     stream = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
                          lambda: decode_and_blend(source, masks, plan, predicted, vae, options.blend_variant,
                                                   options.batch_size, progress, options.decode,

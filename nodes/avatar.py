@@ -186,13 +186,13 @@ def dub_options_input() -> io.Custom.Input:
 
 
 def avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x, face_point_y, smoothing,
-                    version: str = "v15", align_roll: float = 0.0):
+                    version: str = "v15", align_roll: float = 0.0, mask_smoothing: int = 0):
     from ..musetalk_lib.avatar import AvatarSettings
 
     return AvatarSettings(version=version, bbox_shift=bbox_shift, extra_margin=extra_margin,
                           face_selection=face_selection, face_index=face_index,
                           face_point=(float(face_point_x), float(face_point_y)), smoothing=smoothing,
-                          align_roll=align_roll or None)
+                          align_roll=align_roll or None, mask_smoothing=mask_smoothing)
 
 
 class MuseTalkLoadAvatar(io.ComfyNode):
@@ -237,7 +237,8 @@ class MuseTalkLoadAvatar(io.ComfyNode):
         with reported_as(cls.DISPLAY_NAME):
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)
             settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
-                                       face_point_y, smoothing, align_roll=(options or {}).get("align_roll", 0.0))
+                                       face_point_y, smoothing, align_roll=(options or {}).get("align_roll", 0.0),
+                                       mask_smoothing=(options or {}).get("mask_smoothing", 0))
             track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
                                        Progress(), cls.DISPLAY_NAME)
             shown = face_preview(source, track)

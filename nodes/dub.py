@@ -23,7 +23,8 @@ def library_options(inputs: dict):
     extra = {**DUB_OPTION_DEFAULTS, **(inputs.get("options") or {})}
     settings = avatar_settings(inputs["bbox_shift"], inputs["extra_margin"], inputs["face_selection"],
                                inputs["face_index"], inputs["face_point_x"], inputs["face_point_y"],
-                               inputs["smoothing"], align_roll=extra["align_roll"])
+                               inputs["smoothing"], align_roll=extra["align_roll"],
+                               mask_smoothing=extra["mask_smoothing"])
     settings = replace(settings, mask_mode=inputs["mask_mode"])
     options = DubOptions(batch_size=inputs["batch_size"], length_policy=inputs["length_policy"],
                          blend_variant=inputs["blend"], preview_seconds=extra["preview_seconds"] or None,
@@ -31,7 +32,8 @@ def library_options(inputs: dict):
     return settings, options
 
 
-DUB_OPTION_DEFAULTS = {"preview_seconds": 0.0, "silence": "model", "max_yaw": 0.0, "align_roll": 0.0}
+DUB_OPTION_DEFAULTS = {"preview_seconds": 0.0, "silence": "model", "max_yaw": 0.0, "align_roll": 0.0,
+                       "mask_smoothing": 0}
 
 
 class MuseTalkDubOptions(io.ComfyNode):
@@ -62,20 +64,25 @@ class MuseTalkDubOptions(io.ComfyNode):
                                tooltip="Upright crops for tilted heads: when the eye line is tilted more than this "
                                        "many degrees, the face is turned level before generating and turned back "
                                        "when pasted. 0 = off (official)."),
+                io.Int.Input("mask_smoothing", default=0, min=0, max=6,
+                             tooltip="Stable mask edges: each frame's blend mask is a majority vote of the masks "
+                                     "this many frames on each side (aligned through the face boxes), so the edge "
+                                     "stops flickering. 0 = off (official); 2 is a good start."),
             ],
             outputs=[sockets.DubOptions.Output(display_name="options")],
         )
 
     @classmethod
-    def execute(cls, preview_seconds: float, silence: str, max_yaw: float, align_roll: float) -> io.NodeOutput:
+    def execute(cls, preview_seconds: float, silence: str, max_yaw: float, align_roll: float,
+                mask_smoothing: int) -> io.NodeOutput:
         from ..musetalk_lib.avatar import AvatarSettings
         from ..musetalk_lib.pipeline import DubOptions
 
         with reported_as(cls.DISPLAY_NAME):  # refuse bad values here, on this node
             DubOptions(preview_seconds=preview_seconds or None, silence=silence, max_yaw=max_yaw or None)
-            AvatarSettings(align_roll=align_roll or None)
+            AvatarSettings(align_roll=align_roll or None, mask_smoothing=mask_smoothing)
         return io.NodeOutput({"preview_seconds": preview_seconds, "silence": silence, "max_yaw": max_yaw,
-                              "align_roll": align_roll})
+                              "align_roll": align_roll, "mask_smoothing": mask_smoothing})
 
 
 class MuseTalkDub(io.ComfyNode):

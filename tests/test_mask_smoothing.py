@@ -102,6 +102,18 @@ def test_prepared_avatar_holds_the_smoothed_masks_and_its_own_cache_key(tiny_mod
     assert np.array_equal(again.latents(indices), plain.latents(indices))
 
 
+def test_nodes_smoothed_masks_equal_the_prepared_avatars(tiny_models, clip, tmp_path):
+    """SmoothedMasks (the nodes' path, no avatar cache) gives the masks a prepared avatar holds."""
+    from musetalk_lib.avatar import SmoothedMasks
+
+    source, faces = clip
+    smooth = AvatarSettings(mask_mode="landmarks", mask_smoothing=2)
+    prepared = prepare_avatar(source, tiny_models.vae, tmp_path, smooth, faces=faces)
+    on_the_fly = SmoothedMasks(source, prepared.track, smooth, "landmarks", batch_size=3)
+    indices = [int(index) for index in prepared.track.face_frames]
+    assert np.array_equal(on_the_fly.packed_masks(indices), prepared.packed_masks(indices))
+
+
 def test_on_demand_masks_refuse_smoothing():
     with pytest.raises(ValueError, match="mask_smoothing needs"):
         BlendMasks(moving_track(), AvatarSettings(mask_smoothing=1), "landmarks")

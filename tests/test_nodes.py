@@ -559,8 +559,8 @@ def test_loaders_say_the_weights_are_random(random_models, monkeypatch):
     assert note.startswith("RANDOM test weights in ")
 
 
-def dub_options(preview_seconds=0.0, silence="model", max_yaw=0.0, align_roll=0.0):
-    return node("MuseTalkDubOptions").execute(preview_seconds, silence, max_yaw, align_roll)[0]
+def dub_options(preview_seconds=0.0, silence="model", max_yaw=0.0, align_roll=0.0, mask_smoothing=0):
+    return node("MuseTalkDubOptions").execute(preview_seconds, silence, max_yaw, align_roll, mask_smoothing)[0]
 
 
 def test_dub_options_refuses_bad_values_on_its_node():
@@ -670,3 +670,16 @@ def test_lora_loader_patches_a_copy_of_the_unet(tmp_path, monkeypatch, random_mo
     assert all(torch.equal(before[name], tensor) for name, tensor in base.module.state_dict().items())
     assert all(torch.equal(before[name], tensor) for name, tensor in zero.state_dict().items())
     assert any(not torch.equal(before[name], tensor) for name, tensor in full.state_dict().items())
+
+
+def test_mask_smoothing_on_the_dub_node(workspace, loaded, media):
+    """The Dub node smooths the blend masks over time like a prepared avatar (SmoothedMasks); still frames agree."""
+    inputs = dict(mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=8,
+                  landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    speech = audio_value(media / "speech_short.wav")
+    dub = with_hidden(node("MuseTalkDub"))
+    plain = dub.execute(loaded["unet"], loaded["vae"], loaded["whisper"], speech, "face_still.png", 25.0,
+                        options=dub_options(0.4), **inputs).args[0]
+    smoothed = dub.execute(loaded["unet"], loaded["vae"], loaded["whisper"], speech, "face_still.png", 25.0,
+                           options=dub_options(0.4, mask_smoothing=2), **inputs).args[0]
+    assert np.array_equal(np.asarray(plain), np.asarray(smoothed))  # one still frame: its own neighbours
