@@ -388,7 +388,7 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``musetalk bench`` options."""
-    from .options import DECODE_MODES
+    from .options import DECODE_MODES, DTYPE_CHOICES, VERSIONS
 
     parser.description = (
         "Frames per second of each stage (audio features, avatar preparation, UNet, VAE decode, blend, encode) and "
@@ -398,9 +398,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", help="official weights folder; default: generated RANDOM weights (--random)")
     parser.add_argument("--random", choices=["tiny", "full"], default="tiny",
                         help="size of the random weights used without --models-dir (default: %(default)s)")
-    parser.add_argument("--version", choices=["v15", "v1"], default="v15")
+    parser.add_argument("--version", choices=VERSIONS, default="v15")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
-    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                         help="precision of the chosen configuration; auto = fp16 on CUDA, bf16 on CPUs with AMX, "
                              "fp32 elsewhere (default: %(default)s)")
     parser.add_argument("--decode", choices=DECODE_MODES, default="partial",

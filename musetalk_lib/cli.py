@@ -16,7 +16,8 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .options import FACE_BACKENDS
+from .options import (BLEND_VARIANTS, DECODE_MODES, DTYPE_CHOICES, FACE_BACKENDS, FACE_SELECTIONS, LENGTH_POLICIES,
+                      MASK_MODES, SILENCE_MODES, VERSIONS)
 
 DEFAULT_MODELS_DIR = os.environ.get("MUSETALK_MODELS_DIR", "models")
 DEFAULT_CACHE_DIR = os.environ.get("MUSETALK_CACHE_DIR", str(Path.home() / ".cache" / "musetalk" / "avatars"))
@@ -76,9 +77,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models and hardware")
     group.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
                        help="folder with the official weights layout (default: %(default)s; env MUSETALK_MODELS_DIR)")
-    group.add_argument("--version", choices=["v15", "v1"], default="v15", help="MuseTalk version (default: %(default)s)")
+    group.add_argument("--version", choices=VERSIONS, default="v15", help="MuseTalk version (default: %(default)s)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: %(default)s)")
-    group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+    group.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                        help="model precision; auto = fp16 on CUDA (fp32 fallback where fp16 overflows), "
                             "bf16 on CPUs with AMX, fp32 elsewhere")
     group.add_argument("--compile", action="store_true",
@@ -95,7 +96,7 @@ def _add_face_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--landmarks", type=Path, help="precomputed 68-point landmarks JSON (skips detection)")
     group.add_argument("--face-backend", choices=FACE_BACKENDS, default="auto",
                        help="face detector when no --landmarks; auto: face-alignment if its weights are in the models folder, else dlib (default: %(default)s)")
-    group.add_argument("--face", choices=["largest", "index", "point"], default="largest",
+    group.add_argument("--face", choices=FACE_SELECTIONS, default="largest",
                        help="which face to dub when there are several (default: %(default)s)")
     group.add_argument("--face-index", type=int, default=0, help="with --face index: 0 = leftmost face")
     group.add_argument("--face-point", type=_point, help="with --face point: X,Y inside the face to dub")
@@ -104,7 +105,7 @@ def _add_face_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--extra-margin", type=int, help="pixels added below the chin (default: 10 for v15, 0 for v1)")
     group.add_argument("--smoothing", type=int, default=2,
                        help="temporal smoothing radius for face boxes in frames, 0 = off (default: %(default)s)")
-    group.add_argument("--mask", choices=["jaw", "raw", "neck", "landmarks"],
+    group.add_argument("--mask", choices=MASK_MODES,
                        help="blend mask: face parsing modes, or landmarks (no parsing weights); "
                             "default jaw for v15, raw for v1")
     group.add_argument("--align-roll", type=float, metavar="DEGREES",
@@ -142,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(dub)
     _add_face_arguments(dub)
     generation = dub.add_argument_group("generation")
-    generation.add_argument("--length", choices=["pingpong", "loop", "trim"], default="pingpong",
+    generation.add_argument("--length", choices=LENGTH_POLICIES, default="pingpong",
                             help="when the speech outlasts the video: play it back and forth (official), "
                                  "loop it, or stop at its end (default: %(default)s)")
-    generation.add_argument("--blend", choices=["normal", "realtime"], default="normal",
+    generation.add_argument("--blend", choices=BLEND_VARIANTS, default="normal",
                             help="blend edge softness: normal (5%% blur) or realtime (10%%)")
-    generation.add_argument("--decode", choices=["partial", "full"], default="partial",
+    generation.add_argument("--decode", choices=DECODE_MODES, default="partial",
                             help="partial (default): decode exactly only the face rows the blend shows, 1.33x "
                                  "faster, pixels differ less than bf16 does (see README); full: the whole face, "
                                  "as the official code")
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default: %(default)s)")
     generation.add_argument("--preview-seconds", type=float, metavar="SECONDS",
                             help="dub only the first SECONDS of the speech, to tune face and blend settings quickly")
-    generation.add_argument("--silence", choices=["model", "gate", "source"], default="model",
+    generation.add_argument("--silence", choices=SILENCE_MODES, default="model",
                             help="what silent stretches of the speech (pauses, breaths, room noise) do: model = "
                                  "the model decides (official, default); gate = silence becomes digital zeros "
                                  "before Whisper so noise stops moving the mouth; source = the source frames show "
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("-o", "--output", type=Path, required=True, help="output .pth or .safetensors (atomic)")
     merge.add_argument("--strength", type=float, default=1.0, help="scale of the LoRA's change (default: %(default)s)")
     merge.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="folder with the base UNet (default: %(default)s)")
-    merge.add_argument("--version", choices=["v15", "v1"], default="v15", help="MuseTalk version (default: %(default)s)")
+    merge.add_argument("--version", choices=VERSIONS, default="v15", help="MuseTalk version (default: %(default)s)")
 
     commands.add_parser("finetune", add_help=False,  # its arguments are training.finetune's (see _split_finetune)
                         help="train an identity LoRA on one person's talking videos "
