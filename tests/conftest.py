@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from media_dir import MEDIA, MISSING_MEDIA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # the `training` package is used from the repository root
@@ -38,13 +39,10 @@ def random_face_alignment(tmp_path_factory) -> Path:
     return folder.parent
 
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-
-
 @pytest.fixture(scope="session")
 def media() -> Path:
-    """The shared test clips, speech and landmark files (../shared/media)."""
-    assert MEDIA.is_dir(), f"test media not found at {MEDIA}"
+    """The shared test clips, speech and landmark files (``$MUSETALK_MEDIA_DIR``, default ../shared/media)."""
+    assert MEDIA.is_dir(), MISSING_MEDIA
     return MEDIA
 
 

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from comfyui_support import ComfyUIServer, chromium, chromium_executable, open_frontend, running_server
+from media_dir import MEDIA
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 COMFYUI = os.environ.get("COMFYUI_PATH")
 CHROMIUM = chromium_executable()

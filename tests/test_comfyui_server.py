@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from comfyui_support import PACK_LINK_NAME, declared_node_ids, probe_video, running_server
+from media_dir import MEDIA
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 COMFYUI = os.environ.get("COMFYUI_PATH")
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "300"))

@@ -1,7 +1,6 @@
 """Crop geometry and blending beyond what the golden cases pin down."""
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,8 +17,8 @@ from musetalk_lib.blending import (
     paste_face,
 )
 from musetalk_lib.crop import add_bottom_margin, crop_face, face_box_from_landmarks, official_face_box
+from media_dir import MEDIA
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
 
 @pytest.fixture(scope="module")

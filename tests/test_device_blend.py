@@ -1,6 +1,5 @@
 """The torch crop and paste (``device_blend``) against the numpy/OpenCV ones, on CPU tensors."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ from musetalk_lib.crop import V15_EXTRA_MARGIN, crop_face, official_face_box, re
 from musetalk_lib.device_blend import crop_faces, paste_faces
 from musetalk_lib.faces import load_landmarks_json
 from musetalk_lib.video_io import VideoReader
+from media_dir import MEDIA
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 FRAMES = [0, 9, 18, 27, 36, 44]
 
 # Boxes in a 97x131 frame (H x W): tiny and odd (enlarged), past the right/bottom edge

@@ -16,6 +16,7 @@ from training.mel import MEL_BANDS, _filters, mel_steps, mel_window, melspectrog
 from training.syncnet import SyncNet, load_syncnet, sync_loss
 from training.train import load_syncnet_config
 from training.vgg import PerceptualLoss, VGG19Features, load_vgg19
+from media_dir import MEDIA
 
 pytestmark = pytest.mark.usefixtures("repository_root")  # configs use repository-relative paths
 
@@ -144,7 +145,7 @@ def test_fid_inception_layout_and_missing_weights_are_reported(tmp_path):
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, path)
     with pytest.raises(ValueError, match="InceptionV3"):
         load_fid_inception(path)
-    video = "../shared/media/talking_closeup.mp4"
+    video = str(MEDIA / "talking_closeup.mp4")
     results = evaluate([video], [video], inception=None, syncnet=None, max_frames=2)
     for metric in ("fid", "lse_c", "lse_d"):
         assert results[metric]["available"] is False and results[metric]["reason"]
