@@ -5,17 +5,19 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..musetalk_lib.options import SILENCE_MODES
-
 from . import sockets
 from .avatar import avatar_settings, dub_options_input, face_inputs, open_frames, source_inputs, track_faces
 from .generation import (CATEGORY, batch_size_input, blend_input, face_parser_input, length_policy_input,
                          mask_mode_input)
 from .runtime import Progress, hidden_value, input_file_problem, output_is_linked, reported_as
 
+DUB_OPTION_DEFAULTS = {"preview_seconds": 0.0, "silence": "model", "max_yaw": 0.0, "align_roll": 0.0,
+                       "mask_smoothing": 0}
+
 
 def library_options(inputs: dict):
-    """The library's avatar settings and dub options from the Dub node's widget values and its optional
-    ``options`` (MuseTalk Dub Options) — the one place."""
+    """The library's avatar settings and dub options from the Dub node's widgets and its optional ``options``
+    (MuseTalk Dub Options): the one place they are built."""
     from dataclasses import replace
 
     from ..musetalk_lib.pipeline import DubOptions
@@ -30,10 +32,6 @@ def library_options(inputs: dict):
                          blend_variant=inputs["blend"], preview_seconds=extra["preview_seconds"] or None,
                          silence=extra["silence"], max_yaw=extra["max_yaw"] or None)
     return settings, options
-
-
-DUB_OPTION_DEFAULTS = {"preview_seconds": 0.0, "silence": "model", "max_yaw": 0.0, "align_roll": 0.0,
-                       "mask_smoothing": 0}
 
 
 class MuseTalkDubOptions(io.ComfyNode):
@@ -135,7 +133,8 @@ class MuseTalkDub(io.ComfyNode):
     def execute(cls, unet, vae, whisper, audio, file, fps, face_backend, landmarks_file, images=None,
                 face_parser=None, **inputs) -> io.NodeOutput:
         from ..musetalk_lib.avatar import encode_faces
-        from ..musetalk_lib.pipeline import blended_frames, output_plan, pass_through_notes, predict_all, speech_features
+        from ..musetalk_lib.pipeline import (blended_frames, output_plan, pass_through_notes, predict_all,
+                                             speech_features)
         from .convert import audio_samples, audio_value, image_and_stream
 
         unique_id = hidden_value(cls, "unique_id")
