@@ -77,8 +77,9 @@ __all__ = [
     "pass_through_plan",
     "predict_all",
     "predict_faces",
-    "speech_features",
     "source_frame_indices",
+    "speech_features",
+    "turned_ranges",
 ]
 
 logger = logging.getLogger(__name__)
@@ -449,6 +450,11 @@ def beyond_yaw(track: FaceTrack, max_yaw: float) -> np.ndarray:
     return track.has_face & (np.abs(np.nan_to_num(head_yaws(track.landmarks))) > max_yaw)
 
 
+def turned_ranges(track: FaceTrack, options: DubOptions) -> list[tuple[int, int]]:
+    """Inclusive source-frame ranges that ``options.max_yaw`` lets pass through (none without it)."""
+    return true_ranges(beyond_yaw(track, options.max_yaw)) if options.max_yaw is not None else []
+
+
 def pass_through_plan(plan: OutputPlan, track: FaceTrack, options: DubOptions,
                       speech: np.ndarray | None = None) -> OutputPlan:
     """``plan`` with the frames that ``silence="source"`` (silent per ``speech``) and ``max_yaw`` pass through."""
@@ -465,11 +471,10 @@ def pass_through_notes(audio: AudioFeatures, track: FaceTrack, options: DubOptio
     notes = []
     if audio.speech is not None:
         notes.append(f"Silent output frames (silence={options.silence}): {silent_spans(audio.speech) or 'none'}.")
-    if options.max_yaw is not None:
-        turned = true_ranges(beyond_yaw(track, options.max_yaw))
-        if turned:
-            notes.append(f"Head turned more than {options.max_yaw:g} degrees in source frames {turned}: they keep "
-                         "the source face.")
+    turned = turned_ranges(track, options)
+    if turned:
+        notes.append(f"Head turned more than {options.max_yaw:g} degrees in source frames {turned}: they keep "
+                     "the source face.")
     return notes
 
 
@@ -608,7 +613,7 @@ def dub(
     check_faces_found(avatar.track, options.allow_no_face)
     if avatar.track.missing_ranges():
         logger.warning(avatar.track.face_summary())
-    turned = true_ranges(beyond_yaw(avatar.track, options.max_yaw)) if options.max_yaw is not None else []
+    turned = turned_ranges(avatar.track, options)
     if turned:
         logger.warning("Head turned more than %g degrees in source frames %s: they keep the source face.",
                        options.max_yaw, turned)

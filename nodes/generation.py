@@ -122,7 +122,7 @@ class MuseTalkUNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet, face_latents, audio_features, batch_size, length_policy) -> io.NodeOutput:
-        from ..musetalk_lib.pipeline import OutputPlan, predict_all
+        from ..musetalk_lib.pipeline import DubOptions, output_plan, predict_all
         from .convert import PredictionPayload
 
         avatar = face_latents.avatar
@@ -131,7 +131,7 @@ class MuseTalkUNet(io.ComfyNode):
                              f"the avatar is {avatar.fps:g} fps; connect Load Avatar's fps output to Whisper Audio "
                              "Features.")
         with reported_as(cls.DISPLAY_NAME):
-            plan = OutputPlan.build(audio_features.num_frames, avatar.track.has_face, length_policy)
+            plan = output_plan(audio_features, avatar.track, DubOptions(length_policy=length_policy))
             latents = predict_all(unet.ready(), face_latents.faces, audio_features, plan, batch_size,
                                   Progress())
         random_weights = unet.random_weights or face_latents.random_weights
