@@ -11,8 +11,10 @@ Modules, from the numbers up:
 - ``video_io``, ``frame_source``: streaming PyAV input/output, video/image/in-memory frames.
 - ``cache_folder``, ``avatar``, ``pipeline``: checksummed cache folders published by atomic rename,
   cached avatars, and the streaming dubbing pipeline.
-- ``cli``, ``bench``, ``comfy_client``: the ``musetalk`` command, its benchmark and its ComfyUI client.
-- ``options``, ``devices``: user choices and device/dtype selection.
+- ``options``, ``devices``, ``progress``: user choices, device/dtype selection, progress reports.
+
+The ``musetalk`` command, its benchmark and its ComfyUI client live beside this package, in
+``musetalk_cli``; the ComfyUI nodes in ``nodes/``.
 
 Importing this package is cheap; submodules load torch and the model libraries.
 """

@@ -78,6 +78,7 @@ from .face_parsing import PARSING_SIZE
 from .faces import Face, select_faces, smooth_faces
 from .mask_smoothing import MaskSmoother
 from .options import MASK_MODES
+from .progress import Progress
 from .upright import level_rotation, transform_points, upright_frame
 
 if TYPE_CHECKING:
@@ -108,7 +109,6 @@ SHARD_SIZE = 256
 REGION_CACHE_BYTES = 256 * 2**20  # blend alphas kept per source frame
 SHARD_CACHE_BYTES = 256 * 2**20  # shard tensors kept in memory
 MIN_FACE_SIZE = 8  # pixels; smaller crop boxes are treated as "no face"
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import WHISPER_SAMPLE_RATE, load_audio, to_whisper_input
-from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, Progress, SmoothedMasks, prepare_avatar
+from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, SmoothedMasks, prepare_avatar
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
 from .face_detection import create_detector
@@ -45,6 +45,7 @@ from .head_pose import head_yaws
 from .lora import apply_lora
 from .options import BLEND_VARIANTS, DECODE_MODES, LENGTH_POLICIES, SILENCE_MODES
 from .passthrough import crossfade_weights, mix_frames, true_ranges
+from .progress import Progress
 from .read_ahead import ReadAhead
 from .run_files import check_input_files, check_output_path
 from .silence import detect_speech, gate_silence, silent_spans

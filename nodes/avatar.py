@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..musetalk_lib.options import FACE_BACKENDS, FACE_SELECTIONS
 from . import sockets
-from .runtime import (ManagedModel, Progress, input_file_problem, input_files, models_root,
+from .runtime import (ManagedModel, NodeProgress, input_file_problem, input_files, models_root,
                       offload_device, reported_as, resolve_input_file)
 
 if TYPE_CHECKING:  # the library's detection module imports torch; nodes import it only when they run
@@ -240,7 +240,7 @@ class MuseTalkLoadAvatar(io.ComfyNode):
                                        face_point_y, smoothing, align_roll=(options or {}).get("align_roll", 0.0),
                                        mask_smoothing=(options or {}).get("mask_smoothing", 0))
             track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
-                                       Progress(), cls.DISPLAY_NAME)
+                                       NodeProgress(), cls.DISPLAY_NAME)
             shown = face_preview(source, track)
         return io.NodeOutput(AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
                              float(source.frame_rate), source.num_frames, ui={"text": notes})

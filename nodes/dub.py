@@ -9,7 +9,7 @@ from . import sockets
 from .avatar import avatar_settings, dub_options_input, face_inputs, open_frames, source_inputs, track_faces
 from .generation import (CATEGORY, batch_size_input, blend_input, face_parser_input, length_policy_input,
                          mask_mode_input)
-from .runtime import Progress, hidden_value, input_file_problem, output_is_linked, reported_as
+from .runtime import NodeProgress, hidden_value, input_file_problem, output_is_linked, reported_as
 
 DUB_OPTION_DEFAULTS = {"preview_seconds": 0.0, "silence": "model", "max_yaw": 0.0, "align_roll": 0.0,
                        "mask_smoothing": 0}
@@ -138,7 +138,7 @@ class MuseTalkDub(io.ComfyNode):
         from .convert import audio_samples, audio_value, image_and_stream
 
         unique_id = hidden_value(cls, "unique_id")
-        progress = Progress()
+        progress = NodeProgress()
         with reported_as(cls.DISPLAY_NAME):
             settings, options = library_options(inputs)
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..musetalk_lib.options import BLEND_VARIANTS, LENGTH_POLICIES, MASK_MODES
 from . import sockets
-from .runtime import Progress, hidden_value, output_is_linked, reported_as
+from .runtime import NodeProgress, hidden_value, output_is_linked, reported_as
 
 CATEGORY = "MuseTalk"
 
@@ -74,7 +74,7 @@ class MuseTalkWhisperAudioFeatures(io.ComfyNode):
             samples, sample_rate = audio_samples(audio)
             options = DubOptions(context_left=context_left, context_right=context_right, exact_fps=exact_fps)
             features = speech_features(whisper.ready(), samples, sample_rate, fps, options,
-                                       Progress())
+                                       NodeProgress())
         return io.NodeOutput(features, features.num_frames)
 
 
@@ -100,7 +100,7 @@ class MuseTalkVAEEncodeMaskedFace(io.ComfyNode):
 
         with reported_as(cls.DISPLAY_NAME):
             faces = encode_faces(avatar.source, avatar.track, vae.ready(), batch_size,
-                                 Progress())
+                                 NodeProgress())
         return io.NodeOutput(FaceLatentsPayload(avatar, faces, vae.random_weights))
 
 
@@ -133,7 +133,7 @@ class MuseTalkUNet(io.ComfyNode):
         with reported_as(cls.DISPLAY_NAME):
             plan = output_plan(audio_features, avatar.track, DubOptions(length_policy=length_policy))
             latents = predict_all(unet.ready(), face_latents.faces, audio_features, plan, batch_size,
-                                  Progress())
+                                  NodeProgress())
         random_weights = unet.random_weights or face_latents.random_weights
         return io.NodeOutput(PredictionPayload(avatar, plan, latents, random_weights))
 
@@ -186,7 +186,7 @@ class MuseTalkBlendMouth(io.ComfyNode):
             options = DubOptions(blend_variant=blend, batch_size=batch_size)
             stream, notes = blended_frames(avatar.source, avatar.track, settings, prediction.plan, prediction.latents,
                                            vae.ready(), face_parser.ready() if face_parser is not None else None,
-                                           options, Progress())
+                                           options, NodeProgress())
             images, stream = image_and_stream(stream, output_is_linked(hidden_value(cls, "prompt"), unique_id, 0),
                                               even=pad_to_even)
         notes = [avatar.track.face_summary(), *notes]

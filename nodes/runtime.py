@@ -217,8 +217,9 @@ class ManagedModel:
         return self.module
 
 
-class Progress:
-    """Progress of the node that is working, per stage; also where ComfyUI notices an interrupt (Cancel).
+class NodeProgress:
+    """The library's :class:`~musetalk_lib.progress.Progress` as ComfyUI progress bars on the node that is
+    working, one per stage; also where ComfyUI notices an interrupt (Cancel).
 
     The bars carry no node id: ComfyUI shows them on the node executing when they
     advance. Frames streamed to Video Combine (``MUSETALK_FRAMES``) are generated

@@ -7,7 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from . import sockets
-from .runtime import (Progress, in_comfyui, output_directory, output_prefix_problem, reported_as,
+from .runtime import (NodeProgress, in_comfyui, output_directory, output_prefix_problem, reported_as,
                       temp_directory)
 
 CATEGORY = "MuseTalk"
@@ -79,7 +79,7 @@ class MuseTalkVideoCombine(io.ComfyNode):
                 source = ((image[..., :3].clamp(0, 1) * 255).round().byte().numpy() for image in images)
             samples, sample_rate = audio_samples(audio) if audio is not None else (None, None)
             path, subfolder = next_output_path(filename_prefix, width, height)
-            progress = Progress()
+            progress = NodeProgress()
             with VideoWriter(path, width, height, fps, samples, sample_rate, crf=crf,
                              partial_dir=temp_directory()) as writer:
                 for index, frame in enumerate(source, start=1):

@@ -18,7 +18,7 @@ import torch
 from musetalk_lib import avatar as avatar_module
 from musetalk_lib.avatar import FORMAT_VERSION, Avatar, AvatarCacheError, AvatarSettings, prepare_avatar
 from musetalk_lib.cache_folder import ABANDONED_AFTER, check_fields
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 from musetalk_lib.faces import load_landmarks_json
 from musetalk_lib.frame_source import ArraySource
 from musetalk_lib.video_io import VideoReader
@@ -198,7 +198,7 @@ def test_a_builder_that_loses_the_race_uses_the_winners_cache(winner_intact, cli
 
 
 def test_two_processes_preparing_the_same_avatar_both_succeed(random_models, media, tmp_path):
-    command = [sys.executable, "-m", "musetalk_lib.cli", "-q", "avatar", "prepare", str(media / "talking_closeup.mp4"),
+    command = [sys.executable, "-m", "musetalk_cli", "-q", "avatar", "prepare", str(media / "talking_closeup.mp4"),
                "--models-dir", str(random_models), "--landmarks", str(media / "landmarks" / "talking_closeup.json"),
                "--mask", "landmarks", "--cache-dir", str(tmp_path), "--device", "cpu"]
     processes = [subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,

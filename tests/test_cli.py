@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 from musetalk_lib.devices import use_deterministic_algorithms
 
 
@@ -94,7 +94,7 @@ def test_bench_measures_chosen_and_reference_configurations(tmp_path, capsys):
 
 
 def test_bench_table_without_reference():
-    from musetalk_lib.bench import BenchReport, ConfigurationResult, Measurement
+    from musetalk_cli.bench import BenchReport, ConfigurationResult, Measurement
 
     chosen = ConfigurationResult("chosen", "float16", "partial", [Measurement("unet (batch 8)", 16, 0.5)],
                                  {"peak RSS": 1000.0, "peak CUDA allocated": 300.0})
@@ -117,7 +117,7 @@ def test_a_dub_run_twice_in_separate_processes_gives_identical_frames_and_files(
     """Reproducible output: the second process reuses the avatar cache the first one built."""
     outputs = [tmp_path / "first.mp4", tmp_path / "second.mp4"]
     for output in outputs:
-        subprocess.run([sys.executable, "-m", "musetalk_lib.cli", "-q", "dub", str(media / "talking_closeup.mp4"),
+        subprocess.run([sys.executable, "-m", "musetalk_cli", "-q", "dub", str(media / "talking_closeup.mp4"),
                         str(media / "speech_short.wav"), "-o", str(output), "--models-dir", str(random_models),
                         "--landmarks", str(media / "landmarks" / "talking_closeup.json"),
                         "--cache-dir", str(tmp_path / "avatars"), "--device", "cpu", "--dtype", "fp32"],
@@ -169,7 +169,7 @@ def test_a_face_choice_that_selects_nothing_is_an_error(random_models, media, tm
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_a_dub_with_one_line_and_leaves_no_files(random_models, media, tmp_path, signum, code):
     arguments = _dub_arguments(random_models, media, tmp_path, "talking_closeup", "speech_16k_mono.wav")
-    process = subprocess.Popen([sys.executable, "-m", "musetalk_lib.cli", *arguments], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "musetalk_cli", *arguments], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.*.partial.mp4")) and process.poll() is None and time.monotonic() < deadline:

@@ -65,7 +65,7 @@ def test_every_declared_node_is_registered(server, python):
 
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
 def test_workflow_runs(server, workflow_path, tmp_path):
-    from musetalk_lib.comfy_client import ComfyClient, Override, load_workflow, output_files
+    from musetalk_cli.queue_client import ComfyClient, Override, load_workflow, output_files
 
     workflow = load_workflow(workflow_path)  # as shipped: face backend auto, offline (dlib here), random weights
     lines: list[str] = []
@@ -98,7 +98,7 @@ def test_workflow_runs(server, workflow_path, tmp_path):
 
 
 def test_requeueing_identical_inputs_hits_the_cache(server):
-    from musetalk_lib.comfy_client import ComfyClient, load_workflow
+    from musetalk_cli.queue_client import ComfyClient, load_workflow
 
     workflow = load_workflow(REPO / "workflows" / "api" / "musetalk_dub_still_image.json")
     client = ComfyClient(server.url)
@@ -137,7 +137,7 @@ def post_prompt(url: str, workflow: dict) -> dict:
                          ids=[f"{case[1]}.{case[2]}={case[3]}" for case in REFUSED_NAMES])
 def test_names_outside_comfyui_folders_are_refused_on_that_input(server, workflow_name, class_type, input_name,
                                                                   value):
-    from musetalk_lib.comfy_client import Override, apply_overrides, load_workflow
+    from musetalk_cli.queue_client import Override, apply_overrides, load_workflow
 
     outside = server.sandbox.root / "outside.mp4"
     shutil.copyfile(MEDIA / "talking_closeup.mp4", outside)
@@ -163,7 +163,7 @@ def test_names_outside_comfyui_folders_are_refused_on_that_input(server, workflo
 
 def test_a_clip_without_a_face_is_reported_in_history(server):
     """Load Avatar stops with the library's no-face message, shown as the node's error and kept in /history."""
-    from musetalk_lib.comfy_client import ComfyClient, Override, apply_overrides, load_workflow
+    from musetalk_cli.queue_client import ComfyClient, Override, apply_overrides, load_workflow
 
     workflow = apply_overrides(load_workflow(REPO / "workflows" / "api" / "musetalk_dub_video_blocks.json"),
                                [Override("MuseTalkLoadAvatar", "file", "no_face.mp4")])

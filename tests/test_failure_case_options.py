@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 
 
 def test_help_explains_the_options(capsys):

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 from musetalk_lib.lora import read_lora
 from test_training_train import write_tiny_training_models
 from training.config import TrainConfig, load_config

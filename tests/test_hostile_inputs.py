@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from musetalk_lib.audio_io import AudioError, load_audio
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 from musetalk_lib.faces import LandmarksError, load_landmarks_json
 from musetalk_lib.video_io import VideoError, VideoReader
 

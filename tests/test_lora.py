@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from musetalk_lib.checkpoint import CorruptCheckpointError
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 from musetalk_lib.lora import (add_lora, apply_lora, lora_state_dict, merged_unet_state_dict, read_lora, save_lora,
                                unet_with_lora)
 from musetalk_lib.unet import build_unet, load_unet, load_unet_config, positional_encoding

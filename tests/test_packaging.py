@@ -35,4 +35,4 @@ def test_requirements_match_the_project_dependencies():
 
 
 def test_console_script_points_at_the_cli():
-    assert PYPROJECT["project"]["scripts"]["musetalk"] == "musetalk_lib.cli:main"
+    assert PYPROJECT["project"]["scripts"]["musetalk"] == "musetalk_cli.main:main"

@@ -283,7 +283,7 @@ def test_output_onto_an_input_is_refused_before_any_work(tiny_models, media, tmp
 
 
 def test_preview_seconds_keeps_the_start_of_the_speech():
-    from musetalk_lib.cli import build_parser
+    from musetalk_cli.main import build_parser
 
     samples = np.arange(2 * 16000 * 3, dtype=np.float32).reshape(2, -1)
     assert DubOptions(preview_seconds=1.5).speech_to_dub(samples, 16000).shape == (2, 24000)

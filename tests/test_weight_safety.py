@@ -27,7 +27,7 @@ from musetalk_lib.checkpoint import (
     load_state_dict,
     save_state_dict,
 )
-from musetalk_lib.cli import main
+from musetalk_cli.main import main
 from musetalk_lib.face_detection import create_detector
 from musetalk_lib.face_parsing import load_face_parser
 from musetalk_lib.unet import load_unet

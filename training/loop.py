@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm import tqdm
 
 from musetalk_lib.checkpoint import load_state_dict
+from musetalk_lib.progress import TerminalProgress
 
 from . import runs
 from .config import config_to_dict
@@ -125,8 +125,7 @@ class TrainingLoop:
         dataloader = self.dataloader
         if self.global_step:
             dataloader = accelerator.skip_first_batches(dataloader, self.global_step * accumulation)
-        progress = tqdm(total=config.max_train_steps, initial=self.global_step, desc=config.exp_name,
-                        disable=not accelerator.is_main_process)
+        progress = TerminalProgress(enabled=accelerator.is_main_process, unit="step")
         sums: dict[str, float] = defaultdict(float)
         for batch in dataloader:
             if self.global_step >= config.max_train_steps:
@@ -147,9 +146,8 @@ class TrainingLoop:
             if config.validation_steps and self.global_step % config.validation_steps == 0:
                 logger.log(self.global_step, self.validate(), "validation")
                 accelerator.wait_for_everyone()
-            progress.update()
-            if self.global_step % config.log_steps == 0:
-                progress.set_postfix(loss=f"{values['loss']:.4f}")
+            progress(config.exp_name, self.global_step, config.max_train_steps,
+                     f"loss={values['loss']:.4f}" if self.global_step % config.log_steps == 0 else "")
             if self.global_step % config.checkpointing_steps == 0 or self.global_step == config.max_train_steps:
                 self.save_checkpoint()
         progress.close()

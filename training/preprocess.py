@@ -42,12 +42,12 @@ import numpy as np
 import soundfile
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from musetalk_lib.audio_features import WhisperAudioEncoder, load_whisper
 from musetalk_lib.audio_io import WHISPER_SAMPLE_RATE, load_audio, to_whisper_input
 from musetalk_lib.crop import face_box_from_landmarks
 from musetalk_lib.faces import Face, load_landmarks_json, save_landmarks_json, select_faces
+from musetalk_lib.progress import TerminalProgress
 from musetalk_lib.video_io import VideoReader
 
 from . import clips as layout
@@ -362,14 +362,14 @@ def preprocess(inputs: Sequence[str | os.PathLike], options: PreprocessOptions, 
             log.write(json.dumps(record) + "\n")
         (output / DONE_DIR / f"{record['key']}.json").write_text(json.dumps(record), encoding="utf-8")
         if record["status"] != "ok":
-            tqdm.write(f"skipped {record['video']}: {record['reason']}")
+            bar.write(f"skipped {record['video']}: {record['reason']}")
 
-    bar = tqdm(total=len(jobs), desc="videos", disable=not progress)
+    bar = TerminalProgress(enabled=progress, unit="video")
     if workers <= 1:
         processor = Preprocessor(options) if jobs else None
         for video, key in jobs:
             finish(processor.process(video, key))
-            bar.update()
+            bar("videos", len(records), len(jobs))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
@@ -378,7 +378,7 @@ def preprocess(inputs: Sequence[str | os.PathLike], options: PreprocessOptions, 
             futures = [pool.submit(_run_worker, video, key) for video, key in jobs]
             for future in futures:
                 finish(future.result())
-                bar.update()
+                bar("videos", len(records), len(jobs))
     bar.close()
     return records
 

@@ -1,4 +1,4 @@
-"""``musetalk_lib.comfy_client`` against a small scripted stand-in for ComfyUI on 127.0.0.1.
+"""``musetalk_cli.queue_client`` against a small scripted stand-in for ComfyUI on 127.0.0.1.
 
 The stand-in speaks the HTTP routes the client uses and, optionally, a minimal websocket
 (handshake plus unmasked server frames), so both the websocket and the polling paths run.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from musetalk_lib import comfy_client
-from musetalk_lib.comfy_client import (
+from musetalk_cli import queue_client
+from musetalk_cli.queue_client import (
     ComfyClient,
     ExecutionFailed,
     Override,
@@ -354,11 +354,11 @@ def test_cli_run(fake, tmp_path, capsys):
     workflow = tmp_path / "workflow_api.json"
     workflow.write_text(json.dumps(WORKFLOW))
     parser = argparse.ArgumentParser()
-    comfy_client.add_arguments(parser)
+    queue_client.add_arguments(parser)
     args = parser.parse_args([str(workflow), "--server", fake.url.removeprefix("http://"),
                               "--set", "Lip sync v1.5.bbox_shift=3", "--output-dir", str(tmp_path / "out"),
                               "--timeout", "10"])
-    paths = comfy_client.run(args)
+    paths = queue_client.run(args)
     assert fake.prompts[-1]["prompt"]["2"]["inputs"]["bbox_shift"] == 3
     printed = capsys.readouterr()
     assert printed.out.splitlines() == [str(path) for path in paths]

@@ -271,11 +271,11 @@ def _measure_stages(configuration: Configuration, args: argparse.Namespace, devi
                     models_dir: str | os.PathLike, source: SyntheticSource, speech: np.ndarray,
                     latents: torch.Tensor, scratch: Path) -> ConfigurationResult:
     """The frames per second of every stage (see the module docstring) with models loaded for ``configuration``."""
-    from .avatar import AvatarSettings, prepare_avatar
-    from .blending import blend_alpha, expanded_square, landmark_mask, paste_face
-    from .faces import Face
-    from .pipeline import DubOptions, MuseTalkModels, compute_audio_features, lip_sync_frames
-    from .video_io import VideoWriter
+    from musetalk_lib.avatar import AvatarSettings, prepare_avatar
+    from musetalk_lib.blending import blend_alpha, expanded_square, landmark_mask, paste_face
+    from musetalk_lib.faces import Face
+    from musetalk_lib.pipeline import DubOptions, MuseTalkModels, compute_audio_features, lip_sync_frames
+    from musetalk_lib.video_io import VideoWriter
 
     models = MuseTalkModels.load(models_dir, args.version, device, configuration.dtype, face_parsing=False)
     result = ConfigurationResult(configuration.name, str(models.unet.dtype).removeprefix("torch."),
@@ -341,8 +341,8 @@ def run(args: argparse.Namespace) -> BenchReport:
     ``args`` are the options of :func:`add_arguments`. The report is also
     written to ``args.json`` when given.
     """
-    from .devices import resolve_device
-    from .random_weights import write_random_weights
+    from musetalk_lib.devices import resolve_device
+    from musetalk_lib.random_weights import write_random_weights
 
     if args.long:
         args.width, args.height, args.seconds = 1920, 1080, max(args.seconds, 600.0)
@@ -388,7 +388,7 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``musetalk bench`` options."""
-    from .options import DECODE_MODES, DTYPE_CHOICES, VERSIONS
+    from musetalk_lib.options import DECODE_MODES, DTYPE_CHOICES, VERSIONS
 
     parser.description = (
         "Frames per second of each stage (audio features, avatar preparation, UNet, VAE decode, blend, encode) and "

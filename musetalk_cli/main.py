@@ -15,9 +15,10 @@ import sys
 import threading
 from pathlib import Path
 
-from . import __version__
-from .options import (BLEND_VARIANTS, DECODE_MODES, DTYPE_CHOICES, FACE_BACKENDS, FACE_SELECTIONS, LENGTH_POLICIES,
-                      MASK_MODES, SILENCE_MODES, VERSIONS)
+from musetalk_lib import __version__
+from musetalk_lib.options import (BLEND_VARIANTS, DECODE_MODES, DTYPE_CHOICES, FACE_BACKENDS, FACE_SELECTIONS,
+                                  LENGTH_POLICIES, MASK_MODES, SILENCE_MODES, VERSIONS)
+from musetalk_lib.progress import TerminalProgress
 
 DEFAULT_MODELS_DIR = os.environ.get("MUSETALK_MODELS_DIR", "models")
 DEFAULT_CACHE_DIR = os.environ.get("MUSETALK_CACHE_DIR", str(Path.home() / ".cache" / "musetalk" / "avatars"))
@@ -39,30 +40,6 @@ Exit status: 0 done, 1 error (the message says what to do), 2 wrong command line
 3 nothing dubbed (no face in any frame), 130 interrupted, 143 terminated.
 Output files appear only when complete: an error or a signal leaves nothing.
 """
-
-
-class _Progress:
-    """tqdm bars, one per pipeline stage."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bars: dict = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="frame", dynamic_ncols=True)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -218,16 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train an identity LoRA on one person's talking videos "
                              "(`musetalk finetune --help`; needs the checkout's training/)")
 
-    from . import bench, comfy_client
+    from . import bench, queue_client
 
     bench.add_arguments(commands.add_parser("bench", help="measure frames per second per stage and peak memory"))
-    comfy_client.add_arguments(commands.add_parser(
+    queue_client.add_arguments(commands.add_parser(
         "queue", help="run an API-format workflow on a ComfyUI server and download its outputs"))
     return parser
 
 
 def _avatar_settings(args):
-    from .avatar import AvatarSettings
+    from musetalk_lib.avatar import AvatarSettings
 
     return AvatarSettings(version=args.version, bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
                           face_selection=args.face, face_index=args.face_index, face_point=args.face_point,
@@ -236,8 +213,8 @@ def _avatar_settings(args):
 
 
 def _load_models(args):
-    from .devices import use_deterministic_algorithms
-    from .pipeline import MuseTalkModels
+    from musetalk_lib.devices import use_deterministic_algorithms
+    from musetalk_lib.pipeline import MuseTalkModels
 
     if args.deterministic:
         use_deterministic_algorithms()
@@ -250,8 +227,8 @@ def _load_models(args):
     return models.compile() if args.compile else models
 
 
-def _run_dub(args, progress: _Progress) -> None:
-    from .pipeline import DubOptions, check_dub_files, dub
+def _run_dub(args, progress: TerminalProgress) -> None:
+    from musetalk_lib.pipeline import DubOptions, check_dub_files, dub
 
     check_dub_files(args.source, args.audio, args.output, args.landmarks, args.cache_dir)  # before loading the models
     if args.lora is not None and not args.lora.is_file():
@@ -276,9 +253,9 @@ def _run_dub(args, progress: _Progress) -> None:
 
 
 def _run_lora(args) -> None:
-    from .checkpoint import save_state_dict
-    from .lora import merged_unet_state_dict
-    from .weights import find_model_files
+    from musetalk_lib.checkpoint import save_state_dict
+    from musetalk_lib.lora import merged_unet_state_dict
+    from musetalk_lib.weights import find_model_files
 
     if not args.lora.is_file():
         raise FileNotFoundError(f"LoRA file not found: {args.lora}")
@@ -309,11 +286,11 @@ def _run_finetune(arguments: list[str]) -> None:
     finetune(arguments, prog="musetalk finetune")
 
 
-def _run_avatar(args, progress: _Progress) -> None:
-    from .avatar import Avatar, prepare_avatar
-    from .face_detection import create_detector
-    from .faces import load_landmarks_json
-    from .frame_source import open_source
+def _run_avatar(args, progress: TerminalProgress) -> None:
+    from musetalk_lib.avatar import Avatar, prepare_avatar
+    from musetalk_lib.face_detection import create_detector
+    from musetalk_lib.faces import load_landmarks_json
+    from musetalk_lib.frame_source import open_source
 
     if args.avatar_command == "info":
         avatar = Avatar(args.folder)
@@ -342,11 +319,11 @@ def _sha256(path: Path) -> str:
 
 
 def _run_weights(args) -> None:
-    from .weights import COMPONENTS, RANDOM_MARKER
+    from musetalk_lib.weights import COMPONENTS, RANDOM_MARKER
 
     root = Path(args.models_dir if args.weights_command != "random" else args.directory).expanduser()
     if args.weights_command == "random":
-        from .random_weights import write_random_weights
+        from musetalk_lib.random_weights import write_random_weights
 
         write_random_weights(root, args.size, args.seed)
         print(f"Wrote RANDOM {args.size} weights to {root} (for tests and smoke runs: they do not lip-sync).")
@@ -366,7 +343,7 @@ def _run_weights(args) -> None:
                     print(f"[ok]      {component:15} {location.relative_to(root)}  {location.stat().st_size:,} B{digest}")
         print(f"{missing} file(s) missing under {root}." if missing else f"All files present under {root}.")
         return
-    from .download import download_weights
+    from musetalk_lib.download import download_weights
 
     download_weights(root, args.only, dry_run=args.dry_run)
 
@@ -394,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.arguments = finetune_arguments
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(levelname)s: %(message)s")
-    progress = _Progress(enabled=not args.quiet)
+    progress = TerminalProgress(enabled=not args.quiet)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
@@ -408,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print("musetalk: terminated; partial files were removed.", file=sys.stderr)
         return EXIT_TERMINATED
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as error:
-        from .pipeline import NoFaceError
+        from musetalk_lib.pipeline import NoFaceError
 
         progress.close()
         if args.debug:
@@ -421,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, progress: _Progress) -> None:
+def _run(args: argparse.Namespace, progress: TerminalProgress) -> None:
     if args.command == "dub":
         _run_dub(args, progress)
     elif args.command == "avatar":
@@ -433,7 +410,7 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
     elif args.command == "finetune":
         _run_finetune(args.arguments)
     elif args.command == "queue":
-        from .comfy_client import run
+        from .queue_client import run
 
         run(args)
     else:
@@ -441,6 +418,3 @@ def _run(args: argparse.Namespace, progress: _Progress) -> None:
 
         run(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
