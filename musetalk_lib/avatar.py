@@ -52,8 +52,7 @@ import json
 import logging
 import os
 import shutil
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
@@ -72,6 +71,7 @@ from .blending import (
     landmark_mask,
     parsing_mask,
 )
+from .bounded_cache import BoundedCache
 from .cache_folder import check_fields, checksum, discard, publish, read_verified, remove_abandoned, temporary_folder
 from .crop import V15_EXTRA_MARGIN, Box, crop_face, official_face_box
 from .face_parsing import PARSING_SIZE
@@ -316,30 +316,6 @@ def _unpack_mask(packed: np.ndarray) -> np.ndarray:
     return (np.unpackbits(packed).reshape(PARSING_SIZE, PARSING_SIZE) * 255).astype(np.uint8)
 
 
-class _BoundedCache:
-    """A least-recently-used map whose values' total size stays within ``budget`` bytes."""
-
-    def __init__(self, budget: int, size_of: Callable[[object], int]):
-        self.budget, self.size_of = budget, size_of
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
-        self._bytes = 0
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
-
-    def get(self, key: Hashable, compute: Callable[[], object]) -> object:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = compute()
-        self._items[key] = value
-        self._bytes += self.size_of(value)
-        while self._bytes > self.budget and len(self._items) > 1:
-            _, dropped = self._items.popitem(last=False)
-            self._bytes -= self.size_of(dropped)
-        return value
-
-
 class BlendRegions:
     """Where and how generated faces are pasted: ``(box, square, alpha)`` per source frame, computed once.
 
@@ -351,7 +327,7 @@ class BlendRegions:
 
     def __init__(self, track: FaceTrack, settings: AvatarSettings):
         self.track, self.settings = track, settings
-        self._regions = _BoundedCache(REGION_CACHE_BYTES, lambda region: region[2].nbytes)
+        self._regions = BoundedCache(REGION_CACHE_BYTES, lambda region: region[2].nbytes)
 
     def packed_masks(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None) -> np.ndarray:
         """Bit-packed 512x512 masks ``[k, 32768]`` of source frames ``indices`` (``frames``: their pixels)."""
@@ -376,7 +352,7 @@ class BlendRegions:
             box, square = self._square(index)
             return box, square, blend_alpha(_unpack_mask(masks[index]), box, square, variant)
 
-        return [self._regions.get((i, variant), lambda i=i: region(i)) for i in indices]
+        return [self._regions.get_or_compute((i, variant), lambda i=i: region(i)) for i in indices]
 
     def first_pasted_row(self, indices: Sequence[int], variant: str = "normal") -> int:
         """The first generated-face row that the paste can show for any of source frames ``indices``."""
@@ -528,7 +504,7 @@ class Avatar(BlendRegions):
                                           for name, value in self.manifest["settings"].items()})
         self.mask_mode: str = self.manifest["mask_mode"]
         super().__init__(self.track, self.settings)
-        self._shards = _BoundedCache(SHARD_CACHE_BYTES, lambda tensors: sum(t.nbytes for t in tensors.values()))
+        self._shards = BoundedCache(SHARD_CACHE_BYTES, lambda tensors: sum(t.nbytes for t in tensors.values()))
         self._row = np.full(self.track.num_frames, -1, np.int64)
         self._row[self.track.face_frames] = np.arange(len(self.track.face_frames))
 
@@ -565,7 +541,7 @@ class Avatar(BlendRegions):
                 raise AvatarCacheError(f"{self.folder}: {error}, after the avatar was opened intact; "
                                        "run again to rebuild it") from error
 
-        return self._shards.get(shard, read)
+        return self._shards.get_or_compute(shard, read)
 
     def latents(self, frames: Sequence[int]) -> torch.Tensor:
         """UNet input latents ``[k, 8, 32, 32]`` (masked, reference) of source frames that have a face."""

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .frame_cache import DEFAULT_CACHE_BYTES
+from .bounded_cache import DEFAULT_CACHE_BYTES
 from .video_io import VideoReader, is_image_path, read_image, to_rgb
 
 __all__ = ["ArraySource", "FrameSource", "StillImageSource", "VideoFileSource", "file_digest", "open_source"]

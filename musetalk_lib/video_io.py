@@ -32,7 +32,7 @@ from PIL import Image
 
 from .audio_io import downmix_to_stereo
 from .cache_folder import process_running
-from .frame_cache import FrameCache
+from .bounded_cache import BoundedCache
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -113,7 +113,7 @@ class VideoReader:
     to a keyframe and decodes forward from there).
 
     With ``cache_bytes > 0`` the frames decoded by :meth:`frames` are kept in
-    a :class:`~musetalk_lib.frame_cache.FrameCache` of that many bytes, so
+    a :class:`~musetalk_lib.bounded_cache.BoundedCache` of that many bytes, so
     frames read again (a ping-pong cycle that fits) are decoded once. A read
     that has to go back decodes a whole window ending at the requested frames,
     as many frames as the cache holds, so the backward reads that follow find
@@ -139,7 +139,7 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self.info = self._probe()
-        self.cache = FrameCache(cache_bytes) if cache_bytes > 0 else None
+        self.cache = BoundedCache(cache_bytes) if cache_bytes > 0 else None
         self.frames_decoded = 0
         self._decoder: Iterator | None = None
         self._next_index = 0
@@ -230,7 +230,9 @@ class VideoReader:
         cached = self.cache.get(index)
         if cached is not None:
             return cached
-        return self.cache.put(index, np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
+        pixels = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        pixels.setflags(write=False)  # every caller asking for this index gets this same array
+        return self.cache.put(index, pixels)
 
     def frames(self, indices: Sequence[int]) -> list[np.ndarray]:
         """Frames at ``indices`` (any order, repeats allowed); read-only when the reader has a cache."""

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from musetalk_lib.frame_cache import DEFAULT_CACHE_BYTES, FrameCache
+from musetalk_lib.bounded_cache import DEFAULT_CACHE_BYTES, BoundedCache
 from musetalk_lib.frame_source import VideoFileSource
 from musetalk_lib.pipeline import source_frame_indices
 from musetalk_lib.read_ahead import ReadAhead
@@ -42,9 +42,9 @@ def decoded_frames(path):
 
 
 # ------------------------------------------------------------------------------------------ frame cache
-def test_frame_cache_evicts_least_recently_used_within_its_budget():
+def test_bounded_cache_evicts_least_recently_used_within_its_budget():
     frames = [np.full((2, 2, 3), value, np.uint8) for value in range(4)]  # 12 bytes each
-    cache = FrameCache(max_bytes=36)
+    cache = BoundedCache(max_bytes=36)
     for index in range(3):
         cache.put(index, frames[index])
     assert cache.get(0) is frames[0]  # 0 is now the most recently used
@@ -54,13 +54,19 @@ def test_frame_cache_evicts_least_recently_used_within_its_budget():
     assert cache.capacity(12) == 3
 
 
-def test_frame_cache_makes_frames_read_only_and_skips_frames_over_budget():
-    cache = FrameCache(max_bytes=10)
+def test_bounded_cache_skips_values_over_budget_and_computes_only_what_it_lacks():
+    cache = BoundedCache(max_bytes=10)
     big = np.zeros((2, 2, 3), np.uint8)
-    assert cache.put(0, big) is big and not big.flags.writeable
+    assert cache.put(0, big) is big
     assert 0 not in cache and cache.nbytes == 0
     with pytest.raises(ValueError):
-        FrameCache(-1)
+        BoundedCache(-1)
+    regions = BoundedCache(max_bytes=8, size_of=len)
+    assert regions.get_or_compute("a", lambda: "1234") == "1234"
+    assert regions.get_or_compute("a", lambda: "other") == "1234"  # stored: not computed again
+    regions.put("b", "5678")
+    regions.put("c", "9")
+    assert "a" not in regions and regions.nbytes == 5
 
 
 # ------------------------------------------------------------------------------------------ reading
