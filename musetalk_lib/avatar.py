@@ -91,16 +91,20 @@ __all__ = [
     "FORMAT_VERSION",
     "Avatar",
     "AvatarCacheError",
+    "AvatarInMemory",
     "AvatarSettings",
     "BlendMasks",
     "FaceLatents",
     "FaceTrack",
     "SmoothedMasks",
+    "blend_masks",
     "build_track",
     "detect_faces",
     "encode_faces",
     "face_masks",
     "prepare_avatar",
+    "prepare_avatar_in_memory",
+    "track_faces",
 ]
 
 FORMAT_VERSION = 3
@@ -244,6 +248,25 @@ def detect_faces(source: FrameSource, detector: FaceDetector, batch_size: int = 
     return detections
 
 
+def _check_face_input(source: FrameSource, detector: FaceDetector | None,
+                      faces: Sequence[Sequence[Face]] | None) -> None:
+    if (detector is None) == (faces is None):
+        raise ValueError("Give exactly one of detector= or faces=.")
+    if faces is not None and len(faces) != source.num_frames:
+        raise ValueError(f"Landmarks cover {len(faces)} frames but the source has {source.num_frames}.")
+
+
+def track_faces(source: FrameSource, settings: AvatarSettings = AvatarSettings(), *,
+                detector: FaceDetector | None = None, faces: Sequence[Sequence[Face]] | None = None,
+                batch_size: int = 8, progress: Progress | None = None) -> FaceTrack:
+    """The face track of ``source``: faces from ``faces`` (one list per frame) or found with ``detector``,
+    then chosen, smoothed and boxed as ``settings`` say (:func:`build_track`)."""
+    _check_face_input(source, detector, faces)
+    if faces is None:
+        faces = detect_faces(source, detector, batch_size, progress)
+    return build_track(faces, source.width, source.height, settings)
+
+
 def _clip_box(box: Box | None, width: int, height: int) -> Box | None:
     if box is None:
         return None
@@ -384,7 +407,8 @@ def encode_faces(source: FrameSource, track: FaceTrack, vae: FaceVAE, batch_size
         pieces.append(_encode(vae, track, indices, frames).float().cpu())
         if progress:
             progress("encode faces", sum(len(piece) for piece in pieces), len(track.face_frames))
-    latents = torch.cat(pieces) if pieces else torch.zeros((0, 8, 32, 32))
+    # contiguous like the cached shards: the UNet's CPU kernels round differently on other memory layouts
+    latents = torch.cat(pieces).contiguous() if pieces else torch.zeros((0, 8, 32, 32))
     return FaceLatents(track, latents)
 
 
@@ -420,6 +444,7 @@ class SmoothedMasks(BlendRegions):
         if mode not in MASK_MODES:
             raise ValueError(f"Unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}.")
         super().__init__(track, settings)
+        self.mode = mode
         smoother = MaskSmoother(track, settings.expand, settings.mask_smoothing)
         smoothed, done = [], 0
         for indices, frames in _face_batches(source, track, batch_size):
@@ -434,6 +459,51 @@ class SmoothedMasks(BlendRegions):
 
     def packed_masks(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None) -> np.ndarray:
         return np.stack([self._packed[int(index)] for index in indices])
+
+
+def blend_masks(source: FrameSource, track: FaceTrack, settings: AvatarSettings, parser: FaceParser | None = None,
+                batch_size: int = 8, progress: Progress | None = None) -> BlendMasks | SmoothedMasks:
+    """The blend regions of ``track`` in ``settings``' mask mode (the landmark mask without a ``parser``).
+
+    Masks are made as frames are blended, or all at once here when
+    ``settings.mask_smoothing`` needs each frame's neighbours.
+    """
+    mode = settings.resolved_mask_mode(parser is not None)
+    if settings.mask_smoothing:
+        return SmoothedMasks(source, track, settings, mode, parser, batch_size, progress)
+    return BlendMasks(track, settings, mode, parser)
+
+
+class AvatarInMemory:
+    """A prepared avatar held in memory instead of a cache folder: the face latents and blend regions of a
+    track, with the interface of :class:`Avatar` that generation uses (``track``, ``mask_mode``,
+    ``latents``, ``blend_regions``, ``first_pasted_row``).
+
+    For callers that keep results themselves (the ComfyUI nodes); :func:`prepare_avatar` caches on disk.
+    """
+
+    def __init__(self, faces: FaceLatents, regions: BlendMasks | SmoothedMasks):
+        self.track = regions.track
+        self.mask_mode = regions.mode
+        self._faces, self._regions = faces, regions
+
+    def latents(self, frames: Sequence[int]) -> torch.Tensor:
+        return self._faces.latents(frames)
+
+    def blend_regions(self, indices: Sequence[int], frames: Sequence[np.ndarray] | None = None,
+                      variant: str = "normal") -> list[tuple[Box, Box, np.ndarray]]:
+        return self._regions.blend_regions(indices, frames, variant)
+
+    def first_pasted_row(self, indices: Sequence[int], variant: str = "normal") -> int:
+        return self._regions.first_pasted_row(indices, variant)
+
+
+def prepare_avatar_in_memory(source: FrameSource, track: FaceTrack, vae: FaceVAE,
+                             settings: AvatarSettings = AvatarSettings(), parser: FaceParser | None = None,
+                             batch_size: int = 8, progress: Progress | None = None) -> AvatarInMemory:
+    """What :func:`prepare_avatar` makes, in memory and from a ready ``track``: encoded faces and blend masks."""
+    faces = encode_faces(source, track, vae, batch_size, progress)
+    return AvatarInMemory(faces, blend_masks(source, track, settings, parser, batch_size, progress))
 
 
 TRACK_FILE = "track.safetensors"
@@ -684,10 +754,7 @@ def prepare_avatar(
     avatar is built again. If another process publishes the same avatar while
     this one builds it, its cache is used and this build is dropped.
     """
-    if (detector is None) == (faces is None):
-        raise ValueError("Give exactly one of detector= or faces=.")
-    if faces is not None and len(faces) != source.num_frames:
-        raise ValueError(f"Landmarks cover {len(faces)} frames but the source has {source.num_frames}.")
+    _check_face_input(source, detector, faces)
     mask_mode = settings.resolved_mask_mode(parser is not None)
     detection_id = f"faces:{_faces_digest(faces)}" if faces is not None else detector.identity
     key = _cache_key(source, settings, detection_id, vae, mask_mode, parser)
@@ -698,9 +765,7 @@ def prepare_avatar(
         except AvatarCacheError as error:
             logger.warning("Rebuilding avatar cache %s", error)
             discard(folder)
-    if faces is None:
-        faces = detect_faces(source, detector, batch_size, progress)
-    track = build_track(faces, source.width, source.height, settings)
+    track = track_faces(source, settings, detector=detector, faces=faces, batch_size=batch_size, progress=progress)
     remove_abandoned(folder.parent)
     built = temporary_folder(folder)
     try:

@@ -34,7 +34,7 @@ import torch
 
 from .audio_features import DEFAULT_CONTEXT, AudioFeatures, WhisperAudioEncoder, load_whisper
 from .audio_io import WHISPER_SAMPLE_RATE, load_audio, to_whisper_input
-from .avatar import Avatar, AvatarSettings, BlendMasks, FaceTrack, SmoothedMasks, prepare_avatar
+from .avatar import Avatar, AvatarInMemory, AvatarSettings, FaceTrack, blend_masks, prepare_avatar
 from .device_blend import paste_faces
 from .devices import compile_with_fallback, resolve_device, resolve_dtype
 from .face_detection import create_detector
@@ -60,6 +60,7 @@ __all__ = [
     "DevicePaste",
     "DubReport",
     "FrameStream",
+    "LipSync",
     "MuseTalkModels",
     "NoFaceError",
     "OutputPlan",
@@ -71,7 +72,9 @@ __all__ = [
     "compute_audio_features",
     "decode_and_blend",
     "dub",
+    "lip_sync",
     "lip_sync_frames",
+    "mask_notes",
     "output_frame_count",
     "output_plan",
     "pass_through_notes",
@@ -422,28 +425,27 @@ def decode_and_blend(source: FrameSource, regions: RegionSource, plan: OutputPla
     yield from _generate(source, regions, plan, predict, vae, variant, batch_size, decode, progress, paste_on_device)
 
 
+def mask_notes(settings: AvatarSettings, mask_mode: str) -> list[str]:
+    """The fallback to note when the mask used (``mask_mode``) is not the one ``settings`` asked for."""
+    requested = settings.resolved_mask_mode(True)
+    return [] if mask_mode == requested else [
+        f"No face parser: the landmark mask was used instead of '{requested}'."]
+
+
 def blended_frames(source: FrameSource, track: FaceTrack, settings: AvatarSettings, plan: OutputPlan,
                    predicted: torch.Tensor, vae: FaceVAE, parser: FaceParser | None,
                    options: DubOptions = DubOptions(), progress: Progress | None = None) -> tuple[FrameStream, list[str]]:
     """The output frames of precomputed UNet predictions as a lazy stream, and the fallbacks taken.
 
-    The blend mask is ``settings``' mask mode; without a ``parser`` it falls
-    back to the landmark mask, and the returned notes say so. With
-    ``settings.mask_smoothing`` the masks of all face frames are made (and
-    smoothed) first, in one pass over ``source``.
+    The blend masks are :func:`~musetalk_lib.avatar.blend_masks`'; without a
+    ``parser`` that is the landmark mask, and the returned notes say so.
     """
-    mode = settings.resolved_mask_mode(parser is not None)
-    requested = settings.resolved_mask_mode(True)
-    notes = [] if mode == requested else [f"No face parser: the landmark mask was used instead of '{requested}'."]
-    if settings.mask_smoothing:
-        masks = SmoothedMasks(source, track, settings, mode, parser, options.batch_size, progress)
-    else:
-        masks = BlendMasks(track, settings, mode, parser)
+    masks = blend_masks(source, track, settings, parser, options.batch_size, progress)
     stream = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
                          lambda: decode_and_blend(source, masks, plan, predicted, vae, options.blend_variant,
                                                   options.batch_size, progress, options.decode,
                                                   options.paste_on_device))
-    return stream, notes
+    return stream, mask_notes(settings, masks.mode)
 
 
 def beyond_yaw(track: FaceTrack, max_yaw: float) -> np.ndarray:
@@ -526,6 +528,34 @@ class FrameStream:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.produce()
+
+
+@dataclass
+class LipSync:
+    """A dub before it is written: the output frames, produced when iterated, and what shaped them."""
+
+    frames: FrameStream
+    plan: OutputPlan
+    audio: AudioFeatures
+
+
+def lip_sync(source: FrameSource, avatar: Avatar | AvatarInMemory, samples: np.ndarray, sample_rate: int,
+             whisper: WhisperAudioEncoder, unet: MuseTalkUNet, vae: FaceVAE, options: DubOptions = DubOptions(),
+             progress: Progress | None = None) -> LipSync:
+    """Lip-sync ``source`` (prepared as ``avatar``) to ``samples`` (``[channels, samples]``): the stage the
+    ``musetalk dub`` command and the MuseTalk Dub node share.
+
+    The speech features are computed here; the frames are generated batch by
+    batch (:func:`lip_sync_frames`) only when :attr:`LipSync.frames` is iterated.
+
+    Raises:
+        ValueError: the speech is shorter than one video frame.
+    """
+    audio = speech_features(whisper, samples, sample_rate, float(source.frame_rate), options, progress)
+    plan = output_plan(audio, avatar.track, options)
+    frames = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
+                         lambda: lip_sync_frames(source, avatar, audio, unet, vae, options, progress))
+    return LipSync(frames, plan, audio)
 
 
 @dataclass
@@ -621,7 +651,8 @@ def dub(
 
     started = time.perf_counter()
     try:
-        features = speech_features(models.whisper, samples, sample_rate, float(source.frame_rate), options, progress)
+        result = lip_sync(source, avatar, samples, sample_rate, models.whisper, models.unet, models.vae, options,
+                          progress)
     except ValueError as error:
         raise ValueError(f"{audio_path}: {error}") from None
     timings["audio features"] = time.perf_counter() - started
@@ -630,7 +661,7 @@ def dub(
     frames = 0
     with VideoWriter(output_path, source.width, source.height, source.frame_rate, samples, sample_rate,
                      crf=crf) as writer:
-        for frame in lip_sync_frames(source, avatar, features, models.unet, models.vae, options, progress):
+        for frame in result.frames:
             writer.write(frame)
             frames += 1
     timings["lip sync + encode"] = time.perf_counter() - started
@@ -641,6 +672,6 @@ def dub(
         frames_without_face=avatar.track.missing_ranges(),
         random_weights=models.files.random_weights,
         seconds=timings,
-        silent_spans=silent_spans(features.speech[:frames]) if features.speech is not None else [],
+        silent_spans=silent_spans(result.audio.speech[:frames]) if result.audio.speech is not None else [],
         frames_beyond_yaw=turned,
     )

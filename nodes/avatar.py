@@ -132,7 +132,7 @@ def face_detector(backend: str) -> tuple[FaceDetector, str]:
     return (detector.ready() if isinstance(detector, ManagedModel) else detector), backend
 
 
-def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str,
+def tracked_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str,
                 allow_no_face: bool = False):
     """Detect (or read) the faces of every source frame and derive the crop track; also what to tell the user.
 
@@ -141,7 +141,7 @@ def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_
     A face choice that selects nothing, or no face in any frame (nothing would
     be dubbed) unless ``allow_no_face``, stops the node with the library's message.
     """
-    from ..musetalk_lib.avatar import build_track, detect_faces
+    from ..musetalk_lib.avatar import track_faces
     from ..musetalk_lib.pipeline import check_faces_found
 
     notes = []
@@ -152,12 +152,12 @@ def track_faces(source, face_backend: str, landmarks_file: str, settings, batch_
         if len(faces) != source.num_frames:
             raise ValueError(f"{node}: landmarks_file '{landmarks_file}' covers {len(faces)} frames but the source "
                              f"has {source.num_frames}; pick the landmarks of this video.")
+        track = track_faces(source, settings, faces=faces)
     else:
         detector, backend = face_detector(face_backend)
         if backend != face_backend:
             notes.append(f"Face backend auto: {backend} (face-alignment's weights are not in the models folder).")
-        faces = detect_faces(source, detector, batch_size, progress)
-    track = build_track(faces, source.width, source.height, settings)
+        track = track_faces(source, settings, detector=detector, batch_size=batch_size, progress=progress)
     check_faces_found(track, allow_no_face)
     return track, [track.face_summary(), *notes]
 
@@ -239,7 +239,7 @@ class MuseTalkLoadAvatar(io.ComfyNode):
             settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
                                        face_point_y, smoothing, align_roll=(options or {}).get("align_roll", 0.0),
                                        mask_smoothing=(options or {}).get("mask_smoothing", 0))
-            track, notes = track_faces(source, face_backend, landmarks_file, settings, 8,
+            track, notes = tracked_faces(source, face_backend, landmarks_file, settings, 8,
                                        NodeProgress(), cls.DISPLAY_NAME)
             shown = face_preview(source, track)
         return io.NodeOutput(AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),

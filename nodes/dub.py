@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..musetalk_lib.options import SILENCE_MODES
 from . import sockets
-from .avatar import avatar_settings, dub_options_input, face_inputs, open_frames, source_inputs, track_faces
+from .avatar import avatar_settings, dub_options_input, face_inputs, open_frames, source_inputs, tracked_faces
 from .generation import (CATEGORY, batch_size_input, blend_input, face_parser_input, length_policy_input,
                          mask_mode_input)
 from .runtime import NodeProgress, hidden_value, input_file_problem, output_is_linked, reported_as
@@ -132,9 +132,8 @@ class MuseTalkDub(io.ComfyNode):
     @classmethod
     def execute(cls, unet, vae, whisper, audio, file, fps, face_backend, landmarks_file, images=None,
                 face_parser=None, **inputs) -> io.NodeOutput:
-        from ..musetalk_lib.avatar import encode_faces
-        from ..musetalk_lib.pipeline import (blended_frames, output_plan, pass_through_notes, predict_all,
-                                             speech_features)
+        from ..musetalk_lib.avatar import prepare_avatar_in_memory
+        from ..musetalk_lib.pipeline import lip_sync, mask_notes, pass_through_notes
         from .convert import audio_samples, audio_value, image_and_stream
 
         unique_id = hidden_value(cls, "unique_id")
@@ -142,24 +141,22 @@ class MuseTalkDub(io.ComfyNode):
         with reported_as(cls.DISPLAY_NAME):
             settings, options = library_options(inputs)
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)
-            track, notes = track_faces(source, face_backend, landmarks_file, settings, options.batch_size, progress,
-                                       cls.DISPLAY_NAME, options.allow_no_face)
+            track, notes = tracked_faces(source, face_backend, landmarks_file, settings, options.batch_size, progress,
+                                         cls.DISPLAY_NAME, options.allow_no_face)
+            parser = face_parser.ready() if face_parser is not None else None
+            avatar = prepare_avatar_in_memory(source, track, vae.ready(), settings, parser, options.batch_size,
+                                              progress)
             samples, sample_rate = audio_samples(audio)
-            features = speech_features(whisper.ready(), samples, sample_rate, float(source.frame_rate), options,
-                                       progress)
-            faces = encode_faces(source, track, vae.ready(), options.batch_size, progress)
-            plan = output_plan(features, track, options)
-            predicted = predict_all(unet.ready(), faces, features, plan, options.batch_size, progress)
-            stream, fallbacks = blended_frames(source, track, settings, plan, predicted, vae.ready(),
-                                               face_parser.ready() if face_parser is not None else None, options,
-                                               progress)
-            images_out, stream = image_and_stream(stream, output_is_linked(hidden_value(cls, "prompt"), unique_id, 0),
+            result = lip_sync(source, avatar, samples, sample_rate, whisper.ready(), unet.ready(), vae.ready(),
+                              options, progress)
+            images_out, stream = image_and_stream(result.frames,
+                                                  output_is_linked(hidden_value(cls, "prompt"), unique_id, 0),
                                                   even=True)
-        notes += fallbacks + pass_through_notes(features, track, options)
+        notes += mask_notes(settings, avatar.mask_mode) + pass_through_notes(result.audio, track, options)
         if options.preview_seconds:
             notes.append(f"Preview: only the first {options.preview_seconds:g} s of the speech were dubbed.")
         if unet.random_weights or vae.random_weights or whisper.random_weights:
             notes.append("RANDOM weights in use: the output is not lip-synced.")
-        speech_out = samples[:, :round(plan.num_frames / float(source.frame_rate) * sample_rate)]
+        speech_out = samples[:, :round(result.plan.num_frames / float(source.frame_rate) * sample_rate)]
         return io.NodeOutput(images_out, audio_value(speech_out, sample_rate), float(source.frame_rate), stream,
                              ui={"text": notes})

@@ -220,6 +220,19 @@ def test_dub_node_decodes_once_for_both_outputs(workspace, loaded, media, decode
     assert np.array_equal(np.stack(frames), (images * 255).round().byte().numpy())
 
 
+def test_dub_node_and_the_block_chain_give_the_same_frames(workspace, loaded, media):
+    speech = audio_value(media / "speech_short.wav")
+    dubbed, *_ = dub(loaded["unet"], loaded["vae"], loaded["whisper"], speech, "face_still.png", 25.0,
+                     mask_mode="landmarks", blend="normal", length_policy="pingpong", batch_size=4,
+                     landmarks_file="landmarks/face_still.json", **AVATAR_ARGS)
+    avatar_value, *_ = avatar("face_still.png", "landmarks/face_still.json")
+    features, _ = node("MuseTalkWhisperAudioFeatures").execute(loaded["whisper"], speech, 25.0, 2, 2, True)
+    latents, = node("MuseTalkVAEEncodeMaskedFace").execute(avatar_value, loaded["vae"], 4)
+    predicted, = node("MuseTalkUNet").execute(loaded["unet"], latents, features, 4, "pingpong")
+    blocks, *_ = blend(predicted, loaded["vae"], "landmarks", "normal", 90, 4, True)
+    assert dubbed.shape == blocks.shape and torch.equal(dubbed, blocks)
+
+
 def test_image_frames_invert_frames_to_image():
     from importlib import import_module
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from musetalk_lib.audio_io import AudioError, load_audio, load_audio_16k
-from musetalk_lib.avatar import FORMAT_VERSION, AvatarSettings, prepare_avatar
+from musetalk_lib.avatar import FORMAT_VERSION, AvatarSettings, prepare_avatar, prepare_avatar_in_memory, track_faces
 from musetalk_lib.blending import expanded_square
 from musetalk_lib.faces import load_landmarks_json
 from musetalk_lib.frame_source import ArraySource, open_source
@@ -16,6 +16,7 @@ from musetalk_lib.pipeline import (
     DubOptions,
     compute_audio_features,
     dub,
+    lip_sync,
     lip_sync_frames,
     output_frame_count,
     source_frame_indices,
@@ -104,6 +105,24 @@ def generate(tiny_models, media, tmp_path, clip, landmarks, audio="speech_short.
     features = compute_audio_features(tiny_models.whisper, load_audio_16k(media / audio), float(source.frame_rate))
     options = DubOptions(batch_size=8, length_policy="trim")
     return avatar, list(lip_sync_frames(source, avatar, features, tiny_models.unet, tiny_models.vae, options))
+
+
+@pytest.mark.parametrize("settings", [FAST, AvatarSettings(mask_mode="landmarks", mask_smoothing=2)],
+                         ids=["masks on demand", "smoothed masks"])
+def test_an_avatar_in_memory_dubs_exactly_like_a_cached_one(tiny_models, media, tmp_path, settings):
+    """The CLI (cached avatar) and the Dub node (avatar in memory) run the same stage, :func:`lip_sync`."""
+    source = open_source(media / "face_occluded.mp4")
+    faces = load_landmarks_json(media / "landmarks" / "face_occluded.json")
+    samples, sample_rate = load_audio(media / "speech_short.wav")
+    cached = prepare_avatar(source, tiny_models.vae, tmp_path / "avatars", settings, faces=faces)
+    in_memory = prepare_avatar_in_memory(source, track_faces(source, settings, faces=faces), tiny_models.vae,
+                                         settings)
+    assert in_memory.mask_mode == cached.mask_mode == "landmarks"
+    options = DubOptions(batch_size=4, length_policy="trim")
+    runs = [lip_sync(source, avatar, samples, sample_rate, tiny_models.whisper, tiny_models.unet, tiny_models.vae,
+                     options) for avatar in (cached, in_memory)]
+    assert runs[0].plan.num_frames == runs[1].plan.num_frames == len(list(runs[0].frames)) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].frames, runs[1].frames, strict=True))
 
 
 def test_only_the_face_region_changes_and_faceless_frames_pass_through(tiny_models, media, tmp_path):
