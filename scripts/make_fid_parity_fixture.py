@@ -10,7 +10,7 @@ torchvision), never in CI or the project's venv::
 pytorch-fid's ``InceptionV3([3])`` (the FID variant: ``use_fid_inception=True``,
 inputs resized to 299x299 and scaled to [-1, 1]) is built the way the library
 builds it, except that its download of ``pt_inception-2015-12-05`` is replaced
-by weights drawn by ``tests/fid_parity.py`` under the same names. The fixture
+by weights drawn by ``tests/parity_fixtures.py`` under the same names. The fixture
 holds those names and shapes (so the test draws the same weights), the seed,
 and the 2048-d features of the seeded images; the images themselves are
 redrawn from the seed.
@@ -28,7 +28,7 @@ from pytorch_fid import inception
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fid_parity import FIXTURE_NAME, SEED, random_images, random_inception_weights  # noqa: E402
+from parity_fixtures import FID_FIXTURE, FID_SEED, random_images, random_weights  # noqa: E402
 
 
 def pt_inception_shapes() -> dict[str, tuple[int, ...]]:
@@ -40,15 +40,15 @@ def pt_inception_shapes() -> dict[str, tuple[int, ...]]:
 
 def main() -> None:
     shapes = pt_inception_shapes()
-    weights = {name: torch.from_numpy(values) for name, values in random_inception_weights(shapes, SEED).items()}
+    weights = {name: torch.from_numpy(values) for name, values in random_weights(shapes, FID_SEED).items()}
     inception.load_state_dict_from_url = lambda *args, **kwargs: weights  # instead of downloading pt_inception
     network = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
     with torch.no_grad():
-        features = network(torch.from_numpy(random_images(SEED)))[0].flatten(1).numpy()
+        features = network(torch.from_numpy(random_images(FID_SEED)))[0].flatten(1).numpy()
     names = sorted(shapes)
-    output = ROOT / "tests" / "data" / FIXTURE_NAME
+    output = ROOT / "tests" / "data" / FID_FIXTURE
     np.savez_compressed(
-        output, seed=np.int64(SEED), names=np.array(names), shapes=np.array([repr(shapes[n]) for n in names]),
+        output, seed=np.int64(FID_SEED), names=np.array(names), shapes=np.array([repr(shapes[n]) for n in names]),
         features=features.astype(np.float32),
         versions=np.array([f"pytorch-fid {pytorch_fid.__version__}", f"torch {torch.__version__}",
                            f"torchvision {torchvision.__version__}"]),

@@ -1,11 +1,15 @@
 """LSE-D / LSE-C by the published SyncNet protocol (training.lse_protocol) with random weights."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.signal import medfilt
 
 from musetalk_lib.checkpoint import CheckpointMismatchError
+from parity_fixtures import LSE_FIXTURE, LSE_WEIGHT_SCALES, random_face_track, random_weights
 from musetalk_lib.video_io import VideoReader, VideoWriter
 from training.evaluate import evaluate
 from training.lse_protocol import (ChungZissermanSyncNet, crop_face_track, load_chung_zisserman_syncnet,
@@ -36,6 +40,22 @@ def test_chung_zisserman_syncnet_has_the_reference_layout_and_loads_safely(syncn
     torch.save({"netcnnaud.0.weight": torch.zeros(1)}, wrong)
     with pytest.raises(CheckpointMismatchError, match="syncnet_v2.model"):
         load_chung_zisserman_syncnet(wrong)
+
+
+def test_lse_equals_syncnet_python_on_the_same_random_weights_and_inputs(tmp_path):
+    """tests/data/lse_parity.npz holds syncnet_python's own results (scripts/make_lse_parity_fixture.py)."""
+    fixture = np.load(Path(__file__).parent / "data" / LSE_FIXTURE)
+    seed = int(fixture["seed"])
+    shapes = {str(name): ast.literal_eval(str(shape)) for name, shape in zip(fixture["names"], fixture["shapes"])}
+    path = tmp_path / "syncnet_v2.model"
+    torch.save({name: torch.from_numpy(values) for name, values in random_weights(shapes, seed,
+                                                                                   LSE_WEIGHT_SCALES).items()}, path)
+    crops, audio = random_face_track(seed)
+    result = sync_scores(load_chung_zisserman_syncnet(path), crops, audio / 32768)
+    assert (result.offset, result.windows) == (int(fixture["offset"]), len(fixture["distances"]))
+    np.testing.assert_allclose(result.mean_distances, fixture["distances"].mean(0), rtol=1e-5)
+    assert result.lse_d == pytest.approx(float(fixture["lse_d"]), rel=1e-5)
+    assert result.lse_c == pytest.approx(float(fixture["lse_c"]), rel=1e-4)
 
 
 def write_numbered_clip(path, fps: int, count: int) -> None:

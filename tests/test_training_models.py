@@ -18,7 +18,7 @@ from training.mel import MEL_BANDS, _filters, mel_steps, mel_window, melspectrog
 from training.syncnet import SyncNet, load_syncnet, sync_loss
 from training.train import load_syncnet_config
 from training.vgg import PerceptualLoss, VGG19Features, load_vgg19
-from fid_parity import FIXTURE_NAME, random_images, random_inception_weights
+from parity_fixtures import FID_FIXTURE, random_images, random_weights
 from media_dir import MEDIA
 
 pytestmark = pytest.mark.usefixtures("repository_root")  # configs use repository-relative paths
@@ -157,11 +157,11 @@ def test_fid_inception_layout_and_missing_weights_are_reported(tmp_path):
 
 def test_fid_inception_equals_pytorch_fid_on_the_same_random_weights(tmp_path):
     """tests/data/fid_parity.npz holds pytorch-fid's features (scripts/make_fid_parity_fixture.py)."""
-    fixture = np.load(Path(__file__).parent / "data" / FIXTURE_NAME)
+    fixture = np.load(Path(__file__).parent / "data" / FID_FIXTURE)
     shapes = {str(name): ast.literal_eval(str(shape)) for name, shape in zip(fixture["names"], fixture["shapes"])}
     ours = {name for name in FIDInceptionV3().state_dict() if not name.endswith("num_batches_tracked")}
     assert ours == set(shapes) - {"fc.weight", "fc.bias"}  # the pt_inception names, less the classifier
-    weights = random_inception_weights(shapes, int(fixture["seed"]))
+    weights = random_weights(shapes, int(fixture["seed"]))
     path = tmp_path / "pt_inception-random.pth"
     torch.save({name: torch.from_numpy(values) for name, values in weights.items()}, path)
     model = load_fid_inception(path)

@@ -34,6 +34,10 @@ through JPEG, the face boxes come from this package's landmark files or
 detectors (face-alignment's detector is the same S3FD), and the whole video is
 one face track (no scene cuts, no 100-frame minimum track).
 
+Given the same weights and inputs, :func:`sync_scores` gives syncnet_python's
+offset, distances, LSE-D and LSE-C (``tests/test_training_lse.py`` against a
+fixture made by ``scripts/make_lse_parity_fixture.py`` from the reference code).
+
 The weights are ``syncnet_v2.model`` from syncnet_python (its
 ``download_model.sh``): a PyTorch state dict, read by
 :func:`musetalk_lib.checkpoint.load_state_dict` (``weights_only=True``, which
@@ -220,12 +224,14 @@ def crop_face_track(frames: Sequence[np.ndarray], boxes: Sequence[Sequence[float
 @dataclass
 class SyncResult:
     """One video's scores: ``lse_d``, ``lse_c``, the AV ``offset`` (frames, positive: audio leads), the
-    ``windows`` scored, and the median-filtered per-window confidence at that offset."""
+    ``windows`` scored, the mean distance at each audio shift -vshift..vshift, and the median-filtered
+    per-window confidence at the best shift."""
 
     lse_d: float
     lse_c: float
     offset: int
     windows: int
+    mean_distances: np.ndarray
     framewise_confidence: np.ndarray
 
 
@@ -240,7 +246,8 @@ def offset_search(video: torch.Tensor, audio: torch.Tensor, vshift: int = VSHIFT
     median = torch.median(mean_distance)
     confidence = (median - distances[:, best]).numpy()
     return SyncResult(lse_d=float(minimum), lse_c=float(median - minimum), offset=vshift - int(best),
-                      windows=windows, framewise_confidence=median_filter(confidence, CONFIDENCE_FILTER))
+                      windows=windows, mean_distances=mean_distance.numpy(),
+                      framewise_confidence=median_filter(confidence, CONFIDENCE_FILTER))
 
 
 @torch.no_grad()
