@@ -64,8 +64,8 @@ def main() -> None:
               if not name.endswith("num_batches_tracked")}
     with tempfile.TemporaryDirectory() as work:
         weights = Path(work) / "syncnet_v2.model"
-        torch.save({name: torch.from_numpy(values) for name, values in random_weights(shapes, LSE_SEED, LSE_WEIGHT_SCALES).items()},
-                   weights)
+        drawn = random_weights(shapes, LSE_SEED, LSE_WEIGHT_SCALES)
+        torch.save({name: torch.from_numpy(values) for name, values in drawn.items()}, weights)
         instance.loadParameters(str(weights))
         options = types.SimpleNamespace(tmp_dir=work, reference="parity", batch_size=20, vshift=15)
         offset, confidence, distances = instance.evaluate(options, videofile="(frames written directly)")

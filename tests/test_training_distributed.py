@@ -2,8 +2,8 @@
 
 `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's multi-CPU mode needs MPI);
 `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2` starts two torch.distributed
-ranks with the gloo backend. These tests run the latter with the tiny stage 1 config. FSDP cannot run on CPU through accelerate;
-the trainers refuse it rather than train unsharded (training/README.md).
+ranks with the gloo backend. These tests run the latter with the tiny stage 1 config. FSDP cannot run on
+CPU through accelerate; the trainers refuse it rather than train unsharded (training/README.md).
 """
 
 import json
