@@ -163,3 +163,21 @@ def test_evaluate_reports_lse_by_the_protocol_with_its_coverage(syncnet_v2_file,
     assert results["lse_d_latentsync"]["available"] is False
     missing = evaluate([video], [video], lse_syncnet=None, max_frames=2)["lse_d"]
     assert missing["available"] is False and "syncnet_v2.model" in missing["reason"]
+
+
+@pytest.mark.usefixtures("repository_root")
+def test_evaluate_keeps_the_latentsync_architecture_lse_under_its_own_names(tmp_path, media):
+    from training.syncnet import SyncNet
+    from training.train import load_syncnet_config
+
+    config = load_syncnet_config("training/configs/tiny_syncnet.yaml")  # 4 frames
+    torch.manual_seed(0)
+    path = tmp_path / "syncnet.pt"
+    torch.save({"state_dict": SyncNet(config).state_dict()}, path)
+    video = str(media / "talking_closeup_with_audio.mp4")
+    results = evaluate([video], [video], syncnet=str(path), syncnet_config=config,
+                       landmarks_dir=str(media / "landmarks"), max_frames=8)
+    lse_d, lse_c = results["lse_d_latentsync"], results["lse_c_latentsync"]
+    assert lse_d["available"] and (lse_d["frames"], lse_d["of"], lse_d["windows"]) == (8, 8, 5)
+    assert np.isfinite(lse_d["value"]) and lse_c["value"] >= 0 and len(lse_c["offsets"]) == 1
+    assert results["lse_d"]["available"] is False  # the published protocol needs syncnet_v2.model

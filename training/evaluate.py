@@ -63,9 +63,9 @@ from musetalk_lib.checkpoint import load_state_dict
 from musetalk_lib.faces import Face, load_landmarks_json, select_faces
 from musetalk_lib.video_io import VideoReader
 
-from .lse_protocol import (SYNCNET_V2_WEIGHTS, ChungZissermanSyncNet, crop_face_track,
-                           load_chung_zisserman_syncnet, resample_indices, sync_scores)
 from .config import SyncNetConfig
+from .lse_protocol import (SYNCNET_V2_WEIGHTS, VSHIFT, ChungZissermanSyncNet, SyncResult, crop_face_track,
+                           load_chung_zisserman_syncnet, offset_search, resample_indices, sync_scores)
 from .mel import mel_window, melspectrogram
 from .preprocess import face_box
 from .syncnet import SyncNet, load_syncnet
@@ -84,7 +84,6 @@ __all__ = [
     "scored",
 ]
 
-LSE_VSHIFT = 15
 MIN_COVERAGE = 0.9
 MOUTH_POINTS = slice(48, 68)
 
@@ -376,36 +375,28 @@ def scored(values: Sequence[float | None], min_coverage: float, what: str = "fra
 # ---------------------------------------------------------------------------------------------- LSE
 @torch.no_grad()
 def latentsync_lse(syncnet: SyncNet, mouth_crops: np.ndarray, mel: np.ndarray, fps: float,
-                   vshift: int = LSE_VSHIFT) -> tuple[float, float, int]:
-    """LSE-D, LSE-C and the best audio offset (frames) of one video, with a SyncNet of this package's architecture.
+                   vshift: int = VSHIFT) -> SyncResult:
+    """LSE-D, LSE-C and the AV offset of one video, with a SyncNet of this package's architecture.
 
     ``mouth_crops`` are ``[N, 256, 256, 3]`` uint8 face crops; windows of the
-    SyncNet's frame count slide with stride 1 over video and audio. For the
-    published protocol use :func:`training.lse_protocol.sync_scores`.
+    SyncNet's frame count slide with stride 1 over video and audio, and the
+    offset search is the published protocol's (:func:`training.lse_protocol.offset_search`).
+    For the published protocol as a whole use :func:`training.lse_protocol.sync_scores`.
     """
     device = next(syncnet.parameters()).device
     count = syncnet.num_frames
     starts = [s for s in range(len(mouth_crops) - count + 1) if mel_window(mel, s, count, fps) is not None]
-    windows = len(starts)
-    if windows < 1:
+    if not starts:
         raise ValueError(f"the video is shorter than the SyncNet's {count} frames")
     frames = torch.from_numpy(mouth_crops).permute(0, 3, 1, 2).float() / 127.5 - 1
     visual, audio = [], []
-    for start in range(windows):
+    for start in range(len(starts)):
         clip = frames[start:start + count][None].to(device)
         window = torch.from_numpy(np.array(mel_window(mel, start, count, fps)))[None, None].to(device)
         v, a = syncnet(SyncNet.stack_frames(clip), window)
-        visual.append(v[0])
-        audio.append(a[0])
-    visual, audio = torch.stack(visual), torch.stack(audio)
-    padded = F.pad(audio, (0, 0, vshift, vshift))
-    distances = torch.stack([
-        (visual - padded[offset:offset + windows]).norm(dim=1) for offset in range(2 * vshift + 1)
-    ], dim=1)  # [windows, offsets]
-    mean_distance = distances.mean(0)
-    best = int(mean_distance.argmin())
-    minimum = float(mean_distance[best])
-    return minimum, float(mean_distance.median()) - minimum, best - vshift
+        visual.append(v[0].float().cpu())
+        audio.append(a[0].float().cpu())
+    return offset_search(torch.stack(visual), torch.stack(audio), vshift)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -457,8 +448,19 @@ def _coverage_check(found: int, total: int, min_coverage: float) -> None:
                          f"the {min_coverage:.0%} coverage required; --min-coverage)")
 
 
+def _lse_entries(per_video: Sequence[SyncResult], found: int, total: int, min_coverage: float,
+                 **details) -> tuple[dict, dict]:
+    """The LSE-D and LSE-C entries: means over the videos, the coverage, each video's AV offset."""
+    _coverage_check(found, total, min_coverage)
+    common = {"frames": found, "of": total, "windows": sum(result.windows for result in per_video), **details}
+    lse_d = {"available": True, "value": float(np.mean([result.lse_d for result in per_video])), **common}
+    lse_c = {"available": True, "value": float(np.mean([result.lse_c for result in per_video])), **common,
+             "offsets": [result.offset for result in per_video]}
+    return lse_d, lse_c
+
+
 def _protocol_lse(network: ChungZissermanSyncNet, pairs, faces_of, min_coverage: float) -> tuple[dict, dict]:
-    """``lse_d`` and ``lse_c`` entries by the published protocol, averaged over the videos."""
+    """``lse_d`` and ``lse_c`` by the published protocol (frames and faces at 25 fps), averaged over the videos."""
     per_video, found, total = [], 0, 0
     for fake_path, real_path, fake, real, fps in pairs:
         picked = resample_indices(len(fake), fps)
@@ -468,30 +470,22 @@ def _protocol_lse(network: ChungZissermanSyncNet, pairs, faces_of, min_coverage:
         crops = crop_face_track([fake[index] for index in picked],
                                 [face.box if face is not None else None for face in faces])
         per_video.append(sync_scores(network, crops, load_audio_16k(fake_path)))
-    _coverage_check(found, total, min_coverage)
-    common = {"frames": found, "of": total, "windows": sum(result.windows for result in per_video),
-              "protocol": "syncnet_python (SyncNet of Chung & Zisserman, 25 fps, MFCC, offsets -15..15)"}
-    lse_d = {"available": True, "value": float(np.mean([result.lse_d for result in per_video])), **common}
-    lse_c = {"available": True, "value": float(np.mean([result.lse_c for result in per_video])), **common,
-             "offsets": [result.offset for result in per_video],
-             "framewise_confidence": [result.framewise_confidence.round(3).tolist() for result in per_video]}
+    lse_d, lse_c = _lse_entries(
+        per_video, found, total, min_coverage,
+        protocol="syncnet_python (SyncNet of Chung & Zisserman, 25 fps, MFCC, offsets -15..15)")
+    lse_c["framewise_confidence"] = [result.framewise_confidence.round(3).tolist() for result in per_video]
     return lse_d, lse_c
 
 
 def _latentsync_lse(network: SyncNet, pairs, faces_of, min_coverage: float) -> tuple[dict, dict]:
-    """``lse_d_latentsync`` and ``lse_c_latentsync`` entries, averaged over the videos."""
+    """``lse_d_latentsync`` and ``lse_c_latentsync`` (frames at their own rate), averaged over the videos."""
     per_video, found, total = [], 0, 0
     for fake_path, real_path, fake, real, fps in pairs:
         mel = melspectrogram(load_audio_16k(fake_path))
         faces = faces_of(real_path, real)
         found, total = found + sum(face is not None for face in faces), total + len(faces)
         per_video.append(latentsync_lse(network, _face_crops(fake, faces), mel, fps))
-    _coverage_check(found, total, min_coverage)
-    coverage = {"frames": found, "of": total}
-    lse_d = {"available": True, "value": float(np.mean([d for d, _, _ in per_video])), **coverage}
-    lse_c = {"available": True, "value": float(np.mean([c for _, c, _ in per_video])), **coverage,
-             "offsets": [o for _, _, o in per_video]}
-    return lse_d, lse_c
+    return _lse_entries(per_video, found, total, min_coverage)
 
 
 def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.PathLike], *,
