@@ -1,6 +1,7 @@
 """LSE-D / LSE-C by the published SyncNet protocol (training.lse_protocol) with random weights."""
 
 import ast
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,8 @@ def test_25_fps_resampling_picks_the_frames_ffmpeg_shows(tmp_path, fps, expected
     assert [round(frames[index].mean() / 4) for index in picked] == expected
     assert resample_indices(10, 25) == list(range(10))
     assert resample_indices(8, 20) == [0, 1, 1, 2, 3, 4, 5, 5, 6, 7]  # 20 fps: frames repeat
+    ntsc = resample_indices(3003, Fraction(30000, 1001))  # 100.2 s at 29.97 fps: 2505 ticks, none repeated
+    assert len(ntsc) == len(set(ntsc)) == 2505 and ntsc[:6] == [0, 1, 2, 4, 5, 6] and ntsc[-1] == 3002
 
 
 def test_offset_search_finds_an_injected_shift():

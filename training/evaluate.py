@@ -50,6 +50,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -400,14 +401,15 @@ def latentsync_lse(syncnet: SyncNet, mouth_crops: np.ndarray, mel: np.ndarray, f
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _read_frames(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+def _read_frames(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], Fraction]:
+    """The first ``max_frames`` frames (all if None) and the exact frame rate (e.g. 30000/1001)."""
     with VideoReader(path) as reader:
         frames = []
         for frame in reader:
             frames.append(frame)
             if max_frames is not None and len(frames) >= max_frames:
                 break
-        return frames, reader.info.fps
+        return frames, reader.info.frame_rate
 
 
 def _faces_for(source: Path, frames: Sequence[np.ndarray], landmarks_dir: str | None, detector) -> list[Face | None]:

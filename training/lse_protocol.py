@@ -154,7 +154,7 @@ def load_chung_zisserman_syncnet(path: str | os.PathLike, device: str | torch.de
     return model.to(device).eval()
 
 
-def resample_indices(num_frames: int, fps: float, target_fps: int = FPS) -> list[int]:
+def resample_indices(num_frames: int, fps: float | Fraction, target_fps: int = FPS) -> list[int]:
     """Input frame shown at each ``target_fps`` tick, as ffmpeg's ``-r`` picks it (frames dropped or repeated).
 
     Frame ``i`` (time ``i / fps``) is placed at tick ``round(i * target_fps / fps)`` (halves up); tick ``k``
