@@ -1,8 +1,9 @@
 """Deterministic random weights and inputs for the parity tests against reference code (numpy only).
 
-``scripts/make_fid_parity_fixture.py`` feeds them to pytorch-fid's InceptionV3
-and ``scripts/make_lse_parity_fixture.py`` to syncnet_python's evaluation; they
-store the results in ``tests/data/``, and the tests feed the same weights and
+``scripts/make_fid_parity_fixture.py`` feeds them to pytorch-fid's InceptionV3,
+``scripts/make_lse_parity_fixture.py`` to syncnet_python's evaluation and
+``scripts/make_mel_parity_fixture.py`` to the official MuseTalk training's mel
+spectrogram; they store the results in ``tests/data/``, and the tests feed the same weights and
 inputs to this package's code. Everything is drawn from numpy's PCG64
 generator, which gives the same numbers on every platform and version.
 """
@@ -59,3 +60,17 @@ def random_face_track(seed: int = LSE_SEED) -> tuple[np.ndarray, np.ndarray]:
     crops = rng.integers(0, 256, (LSE_FRAMES, 224, 224, 3), dtype=np.uint8)
     audio = np.clip(rng.normal(0.0, 3000.0, LSE_SAMPLES), -32768, 32767).astype(np.int16)
     return crops, audio
+
+
+MEL_FIXTURE = "mel_parity.npz"
+MEL_SEED = 80
+
+
+def random_speechlike_audio(seed: int = MEL_SEED) -> np.ndarray:
+    """0.6 s of float32 16 kHz audio: noise under a syllable-rate envelope plus a 220 Hz tone, with 0.1 s of
+    silence in the middle (the dB floor) and sound up to both ends (where the STFT's padding shows)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(8000) / 16000
+    envelope = 0.2 + 0.8 * np.abs(np.sin(2 * np.pi * 4 * t))
+    sound = 0.3 * envelope * rng.normal(0.0, 1.0, t.size) + 0.2 * np.sin(2 * np.pi * 220 * t)
+    return np.concatenate([sound[:4000], np.zeros(1600), sound[4000:]]).astype(np.float32)

@@ -18,7 +18,7 @@ from training.mel import MEL_BANDS, _filters, mel_steps, mel_window, melspectrog
 from training.syncnet import SyncNet, load_syncnet, sync_loss
 from training.train import load_syncnet_config
 from training.vgg import PerceptualLoss, VGG19Features, load_vgg19
-from parity_fixtures import FID_FIXTURE, random_images, random_weights
+from parity_fixtures import FID_FIXTURE, MEL_FIXTURE, random_images, random_speechlike_audio, random_weights
 from media_dir import MEDIA
 
 pytestmark = pytest.mark.usefixtures("repository_root")  # configs use repository-relative paths
@@ -52,6 +52,14 @@ def test_mel_spectrogram_shape_range_and_frequency_placement():
     assert mel_steps(16, 25) == 52  # the official syncnet_mel_step_size
     assert mel_window(mel, 0, 16, 25).shape == (80, 52)
     assert mel_window(mel, 20, 16, 25) is None  # runs past the audio
+
+
+def test_mel_spectrogram_equals_the_official_training_code():
+    """tests/data/mel_parity.npz: MuseTalk's musetalk/data/audio.py with librosa 0.11.0 (make_mel_parity_fixture.py)."""
+    fixture = np.load(Path(__file__).parent / "data" / MEL_FIXTURE)
+    mel = melspectrogram(random_speechlike_audio(int(fixture["seed"])))
+    assert mel.shape == fixture["mel"].shape == (80, 49)
+    np.testing.assert_allclose(mel, fixture["mel"], atol=1e-5)  # the edge frames too (zero padding)
 
 
 def test_latentsync_syncnet_architecture_reaches_one_by_one():
