@@ -1,6 +1,7 @@
 """LSE-D / LSE-C by the published SyncNet protocol (training.lse_protocol) with random weights."""
 
 import ast
+import importlib.util
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from parity_fixtures import LSE_FIXTURE, LSE_WEIGHT_SCALES, random_face_track, r
 from musetalk_lib.video_io import VideoReader, VideoWriter
 from training.evaluate import evaluate
 from training.lse_protocol import (ChungZissermanSyncNet, crop_face_track, load_chung_zisserman_syncnet,
-                                   offset_search, resample_indices, sync_scores)
+                                   missing_packages, offset_search, resample_indices, sync_scores)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,14 @@ def test_evaluate_reports_lse_by_the_protocol_with_its_coverage(syncnet_v2_file,
     assert results["lse_d_latentsync"]["available"] is False
     missing = evaluate([video], [video], lse_syncnet=None, max_frames=2)["lse_d"]
     assert missing["available"] is False and "syncnet_v2.model" in missing["reason"]
+
+
+def test_a_missing_mfcc_package_is_named(monkeypatch):
+    assert missing_packages() is None
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "python_speech_features" else find_spec(name, *args))
+    assert "python_speech_features" in missing_packages() and "train extra" in missing_packages()
 
 
 @pytest.mark.usefixtures("repository_root")

@@ -66,7 +66,8 @@ from musetalk_lib.video_io import VideoReader
 
 from .config import SyncNetConfig
 from .lse_protocol import (SYNCNET_V2_WEIGHTS, VSHIFT, ChungZissermanSyncNet, SyncResult, crop_face_track,
-                           load_chung_zisserman_syncnet, offset_search, resample_indices, sync_scores)
+                           load_chung_zisserman_syncnet, missing_packages, offset_search, resample_indices,
+                           sync_scores)
 from .mel import mel_window, melspectrogram
 from .preprocess import face_box
 from .syncnet import SyncNet, load_syncnet
@@ -564,6 +565,8 @@ def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.
     lse_names = ("lse_d", "lse_c")
     if lse_syncnet is None or not Path(lse_syncnet).is_file():
         results.update(dict.fromkeys(lse_names, _unavailable(f"no SyncNet weights: {SYNCNET_V2_WEIGHTS}")))
+    elif reason := missing_packages():
+        results.update(dict.fromkeys(lse_names, _unavailable(reason)))
     else:
         try:
             network = load_chung_zisserman_syncnet(lse_syncnet, device)

@@ -46,6 +46,7 @@ handles the file's pre-zip format) with no conversion.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import warnings
@@ -63,6 +64,7 @@ from musetalk_lib.checkpoint import StateDict, load_model_weights
 
 __all__ = [
     "SYNCNET_V2_WEIGHTS",
+    "missing_packages",
     "ChungZissermanSyncNet",
     "SyncResult",
     "crop_face_track",
@@ -86,7 +88,14 @@ TRACK_FILTER = 13
 CONFIDENCE_FILTER = 9
 VSHIFT = 15
 SYNCNET_V2_WEIGHTS = ("the SyncNet of Chung & Zisserman: syncnet_v2.model from syncnet_python "
-                   "(its download_model.sh), passed with --lse-syncnet")
+                      "(its download_model.sh), passed with --lse-syncnet")
+
+
+def missing_packages() -> str | None:
+    """None when the MFCC and median-filter packages are importable, else the reason they are not."""
+    missing = [name for name in ("python_speech_features", "scipy") if importlib.util.find_spec(name) is None]
+    return (f"not installed: {', '.join(missing)} (pip install python-speech-features scipy, or the project's "
+            "train extra)") if missing else None
 
 
 def _conv_bn(convolution: nn.Module, channels: int, batch_norm: type[nn.Module]) -> list[nn.Module]:
