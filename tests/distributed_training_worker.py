@@ -1,6 +1,6 @@
 """Run by test_training_distributed.py under `accelerate launch` with several CPU processes.
 
-Each rank writes ``rank<N>.json`` (world size, its first batches) to OUT_DIR, then the ranks train together:
+Each rank writes ``rank<N>.json`` (world size, distributed type, its first batches) to OUT_DIR, then the ranks train together:
 an uninterrupted run ``full`` and a run ``resumed`` stopped at step 2 and resumed to the end.
 Usage: distributed_training_worker.py CONFIG OUT_DIR [KEY=VALUE ...]
 """
@@ -21,7 +21,8 @@ def main(config_path: str, out_dir: str, *overrides: str) -> None:
     accelerator = full.accelerator
     batches = [{key: batch[key].tolist() for key in ("clip", "frames", "references")}
                for batch, _ in zip(full.dataloader, range(4))]
-    report = {"world_size": accelerator.num_processes, "rank": accelerator.process_index, "batches": batches}
+    report = {"world_size": accelerator.num_processes, "rank": accelerator.process_index,
+              "distributed_type": accelerator.distributed_type.value, "batches": batches}
     Path(out_dir, f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
     full.train()
     trainer("exp_name=resumed", "max_train_steps=2").train()

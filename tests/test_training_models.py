@@ -1,6 +1,8 @@
 """Training building blocks: configs, mel spectrogram, SyncNet, VGG19 loss, discriminator, evaluation metrics."""
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from training.mel import MEL_BANDS, _filters, mel_steps, mel_window, melspectrog
 from training.syncnet import SyncNet, load_syncnet, sync_loss
 from training.train import load_syncnet_config
 from training.vgg import PerceptualLoss, VGG19Features, load_vgg19
+from parity_fixtures import FID_FIXTURE, MEL_FIXTURE, random_images, random_speechlike_audio, random_weights
 from media_dir import MEDIA
 
 pytestmark = pytest.mark.usefixtures("repository_root")  # configs use repository-relative paths
@@ -49,6 +52,14 @@ def test_mel_spectrogram_shape_range_and_frequency_placement():
     assert mel_steps(16, 25) == 52  # the official syncnet_mel_step_size
     assert mel_window(mel, 0, 16, 25).shape == (80, 52)
     assert mel_window(mel, 20, 16, 25) is None  # runs past the audio
+
+
+def test_mel_spectrogram_equals_the_official_training_code():
+    """tests/data/mel_parity.npz: MuseTalk's musetalk/data/audio.py with librosa 0.11.0 (make_mel_parity_fixture.py)."""
+    fixture = np.load(Path(__file__).parent / "data" / MEL_FIXTURE)
+    mel = melspectrogram(random_speechlike_audio(int(fixture["seed"])))
+    assert mel.shape == fixture["mel"].shape == (80, 49)
+    np.testing.assert_allclose(mel, fixture["mel"], atol=1e-5)  # the edge frames too (zero padding)
 
 
 def test_latentsync_syncnet_architecture_reaches_one_by_one():
@@ -150,6 +161,23 @@ def test_fid_inception_layout_and_missing_weights_are_reported(tmp_path):
     for metric in ("fid", "lse_c", "lse_d"):
         assert results[metric]["available"] is False and results[metric]["reason"]
         assert "value" not in results[metric]
+
+
+def test_fid_inception_equals_pytorch_fid_on_the_same_random_weights(tmp_path):
+    """tests/data/fid_parity.npz holds pytorch-fid's features (scripts/make_fid_parity_fixture.py)."""
+    fixture = np.load(Path(__file__).parent / "data" / FID_FIXTURE)
+    shapes = {str(name): ast.literal_eval(str(shape)) for name, shape in zip(fixture["names"], fixture["shapes"])}
+    ours = {name for name in FIDInceptionV3().state_dict() if not name.endswith("num_batches_tracked")}
+    assert ours == set(shapes) - {"fc.weight", "fc.bias"}  # the pt_inception names, less the classifier
+    weights = random_weights(shapes, int(fixture["seed"]))
+    path = tmp_path / "pt_inception-random.pth"
+    torch.save({name: torch.from_numpy(values) for name, values in weights.items()}, path)
+    model = load_fid_inception(path)
+    with torch.no_grad():
+        features = model(torch.from_numpy(random_images(int(fixture["seed"])))).numpy()
+    expected = fixture["features"]
+    assert features.shape == expected.shape == (3, 2048)
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_every_metric_says_how_many_frames_it_scored_and_refuses_low_coverage(media):

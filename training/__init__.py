@@ -9,7 +9,8 @@ Modules, in the order data flows through them:
 - ``vgg``, ``discriminator``, ``syncnet``, ``losses``: loss networks and loss functions.
 - ``config``: the typed YAML configurations; ``loop`` and ``runs``: the shared training loop and its files.
 - ``train``, ``train_syncnet``: the trainers (``accelerate`` for one CPU, one GPU or many GPUs and machines).
-- ``evaluate``: FID, CSIM, LSE-C/LSE-D where their weights are supplied.
+- ``evaluate``: FID, CSIM, LSE-C/LSE-D, PSNR, SSIM and LMD where their weights are supplied; LSE by the
+  published SyncNet protocol is in ``lse_protocol``.
 
 Run ``python -m training.<module> --help`` for the command-line tools; see ``training/README.md``.
 """

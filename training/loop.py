@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, parse_flag_from_env
 
 from musetalk_lib.checkpoint import load_state_dict
 from musetalk_lib.progress import TerminalProgress
@@ -40,6 +41,11 @@ class TrainingLoop:
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
         )
+        if parse_flag_from_env("ACCELERATE_USE_FSDP") and self.accelerator.distributed_type != DistributedType.FSDP:
+            raise RuntimeError(
+                f"FSDP was requested (accelerate launch --use_fsdp or a config with distributed_type: FSDP) but "
+                f"accelerate set up {self.accelerator.distributed_type.value}: it shards models over GPUs (or other "
+                "accelerators) only, and on CPU would train unsharded with DDP. On CPU use --multi_gpu (DDP).")
         self.device = self.accelerator.device
         self.run_dir = Path(config.output_dir) / config.exp_name
         self.global_step = 0

@@ -1,9 +1,15 @@
 """The mel spectrogram SyncNet listens to (Wav2Lip's audio settings, as the official training uses).
 
 16 kHz audio, pre-emphasis 0.97, STFT with an 800-sample periodic Hann window
-and hop 200 (80 frames per second, centred, reflect padding), 80 Slaney mel
+and hop 200 (80 frames per second, centred, zero padding), 80 Slaney mel
 bands from 55 to 7600 Hz, magnitude in dB minus 20 dB, then mapped
 symmetrically from [-100, 0] dB to [-4, 4] and clipped.
+
+The official training computes this with ``musetalk/data/audio.py`` and
+librosa 0.11.0 (its pinned version), whose ``stft`` pads the ends with zeros
+(librosa before 0.10, as in Wav2Lip's time, reflected them: that changes the
+first and last two frames). ``tests/test_training_models.py`` compares with
+that code's output (``scripts/make_mel_parity_fixture.py``).
 """
 
 from __future__ import annotations
@@ -48,9 +54,7 @@ def _filters() -> np.ndarray:
 
 
 def _stft_magnitude(signal: np.ndarray) -> np.ndarray:
-    half = N_FFT // 2
-    mode = "reflect" if signal.shape[0] > half else "constant"
-    padded = np.pad(signal, half, mode=mode)
+    padded = np.pad(signal, N_FFT // 2)  # centred frames, zeros beyond the ends (librosa's default since 0.10)
     num_frames = 1 + (padded.shape[0] - N_FFT) // HOP
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:num_frames]
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)  # periodic Hann
