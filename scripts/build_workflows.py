@@ -30,7 +30,7 @@ CANVAS_MARGIN = 10  # screen pixels left free around the graph
 GROUP_PADDING = 30
 GROUP_TITLE = 40
 NODE_TITLE = 30  # the frontend draws a node's title bar above its position
-NOTE_HEIGHT = 110
+NOTE_HEIGHT = 110  # five lines of the frontend's default textarea font: about 0.75 characters per unit of width
 NOTE_GAP = NODE_TITLE + 30  # between a step's note and the nodes below it
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}  # the frontend's yellow, as it saves a new Note
 PREVIEW_ROOM = 320  # below the widgets of nodes that show their images or video after a run
@@ -135,12 +135,14 @@ MODELS = Step("1. Models", [1, 2, 3, 4],
               "(`musetalk weights random` writes test weights: the loaders then say RANDOM and the mouth does not "
               "follow the speech). The face parser is optional: without its weights Blend uses the landmark mask "
               "and says so. dtype auto = fp16 on a GPU, fp32 on the CPU.")
-SAVE_NOTE = ("Writes an H.264 + AAC MP4 to output/MuseTalk and plays it here after the run. crf: lower = better "
-             "quality, bigger file. What happened in the run (frames without a face, RANDOM weights, fallbacks) "
-             "is written on the nodes above.")
+SAVE_NOTE = ("Writes an H.264 + AAC MP4 to output/MuseTalk and plays it here after the run (crf: lower = "
+             "better, bigger). Frames without a face, RANDOM weights and fallbacks are reported on the nodes above.")
 FACE_NOTE = ("Mouth cut off or barely opening? Change bbox_shift (+ moves the mask edge down: more opening; "
              "- up). face_backend auto tracks the face offline; frames without a face pass through unchanged and "
              "are listed on the node.")
+DUB_NOTE = ("Tracks the face, then draws and pastes the mouth. To tune fast, connect MuseTalk Dub Options to "
+            "options and set preview_seconds (e.g. 3). Mouth cut off or barely opening? Change bbox_shift (+ = more "
+            "opening).")
 
 GRAPHS = [
     Graph("musetalk_dub_video_blocks",
@@ -182,8 +184,7 @@ GRAPHS = [
               MODELS,
               Step("2. Speech", [5], "The speech to lip-sync: WAV, FLAC or MP3 in input/, any sample rate."),
               Step("3. Dub", [6],
-                   "Tracks the face, then draws and pastes the mouth, in one node. To tune quickly, connect a "
-                   "MuseTalk Dub Options node to options and set preview_seconds (e.g. 3). " + FACE_NOTE),
+                   DUB_NOTE),
               Step("4. Save", [7], SAVE_NOTE),
           ]),
     Graph("musetalk_dub_still_image",
@@ -202,8 +203,7 @@ GRAPHS = [
                    "The speech, and a portrait with one clearly visible, frontal face. The video is as long as "
                    "the speech: Dub repeats the still (length_policy loop) at its fps."),
               Step("3. Dub", [7],
-                   "Tracks the face, then draws and pastes the mouth, in one node. To tune quickly, connect a "
-                   "MuseTalk Dub Options node to options and set preview_seconds (e.g. 3). " + FACE_NOTE),
+                   DUB_NOTE),
               Step("4. Save", [8], SAVE_NOTE),
           ]),
     Graph("musetalk_avatar_two_speeches",
