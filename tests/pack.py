@@ -74,16 +74,15 @@ def use_folders(monkeypatch: pytest.MonkeyPatch, runtime: ModuleType, input: Pat
                 outside_comfyui: bool = False) -> None:
     """Make ``input``, ``output`` and ``temp`` ComfyUI's folders for the nodes (``runtime`` is the pack's
     ``nodes.runtime``). Without real ComfyUI modules, ``outside_comfyui`` keeps the nodes' own fallbacks (input
-    is the working directory, ``output`` must then be ``input/output``), else a stand-in ``folder_paths`` holds
-    the three folders."""
+    and output must then be the working directory and its output/; temp is the system's), else a stand-in
+    ``folder_paths`` holds the three folders."""
     folder_paths = real_folder_paths()
     if folder_paths is not None:
         monkeypatch.setattr(folder_paths, "input_directory", str(input))
         monkeypatch.setattr(folder_paths, "output_directory", str(output))
         monkeypatch.setattr(folder_paths, "temp_directory", str(temp))
     elif outside_comfyui:
-        assert output == input / "output", "outside ComfyUI the output folder is output/ in the working directory"
-        monkeypatch.chdir(input)
+        assert (runtime.input_directory(), runtime.output_directory()) == (input, output)
     else:
         monkeypatch.setattr(runtime, "folder_paths", SimpleNamespace(
             get_input_directory=lambda: str(input), get_output_directory=lambda: str(output),
