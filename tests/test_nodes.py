@@ -29,6 +29,13 @@ def node(name):
     return NODES[name]
 
 
+@pytest.fixture(autouse=True)
+def inference_mode():
+    """Each test runs under ``torch.inference_mode()``, as ComfyUI's executor runs every node."""
+    with torch.inference_mode():
+        yield
+
+
 def with_hidden(cls, unique_id=None, prompt=None):
     """The node class as ComfyUI runs it: a clone whose ``hidden`` holds the hidden inputs."""
     return type(cls.__name__, (cls,), {"hidden": SimpleNamespace(unique_id=unique_id, prompt=prompt)})
@@ -136,7 +143,7 @@ class LazyAudio(Mapping):
 
 @pytest.fixture(scope="module")
 def loaded(random_models):
-    with pytest.MonkeyPatch.context() as monkeypatch:
+    with pytest.MonkeyPatch.context() as monkeypatch, torch.inference_mode():  # as the loader nodes run in ComfyUI
         use_models_dir(monkeypatch, random_models)
         return {
             "unet": node("MuseTalkUNetLoader").execute("v15", "fp32")[0],
