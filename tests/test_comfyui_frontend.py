@@ -69,7 +69,7 @@ async ([workflow, timeoutMs]) => {
   const canvas = app.canvas.canvas.getBoundingClientRect();
   const view = {canvas: [canvas.x, canvas.y, canvas.width, canvas.height], scale: app.canvas.ds.scale,
                 offset: [...app.canvas.ds.offset], title: LiteGraph.NODE_TITLE_HEIGHT,
-                groups: app.graph.groups.map((group) => ({title: group.title, bounding: [...group._bounding]}))};
+                groups: app.graph.groups.map((group) => ({title: group.title, bounding: [...group.boundingRect]}))};
   const nodes = app.graph.nodes.map((node) => ({
     id: node.id,
     type: node.type,
