@@ -209,7 +209,10 @@ class PartialDecoder:
 
     def phase_kernels(self, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:func:`_phase_kernels` of ``conv``, kept while its weights stay the same tensor, dtype and device."""
-        key = (conv.weight.data_ptr(), conv.weight.dtype, conv.weight.device, conv.weight._version)
+        weight = conv.weight
+        # Weights loaded under torch.inference_mode (as ComfyUI runs nodes) have no version counter.
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), weight.dtype, weight.device, version)
         cached = self._phase_kernels.get(id(conv))
         if cached is None or cached[0] != key:
             cached = self._phase_kernels[id(conv)] = (key, _phase_kernels(conv))

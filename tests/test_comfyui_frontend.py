@@ -3,8 +3,10 @@
 Each workflow is loaded with the frontend's own ``app.loadGraphData``. Then the live graph must have
 (a) no missing node types and no warning dialog, (b) every widget holding the value its API twin
 (workflows/api/<name>.json) gives that input, (c) every link of the file between the same nodes and slots,
-and (d) ``app.graphToPrompt()`` must give the API twin back. A screenshot per workflow goes to the test's
-tmp dir.
+and (d) ``app.graphToPrompt()`` must give the API twin back (the Note nodes, frontend-only, left out) and
+(e) every Note must show its text, and (f) at the view the file opens with in a 1920x1000 window everything is on
+the canvas, below the menu bar, without overlaps (node sizes as the frontend made them). Two screenshots per workflow go to the test's tmp dir: the view the file
+opens with in a 1920x1000 window (``<name>_default_view.png``) and the whole graph framed (``<name>.png``).
 
 Skipped unless ``COMFYUI_PATH`` points at a ComfyUI checkout, a Chromium executable exists
 (``CHROMIUM_PATH``, default /usr/bin/chromium) and the ``playwright`` package is installed (its own
@@ -42,6 +44,7 @@ PAGE_TIMEOUT = float(os.environ.get("COMFYUI_FRONTEND_TIMEOUT", "120"))
 # A returning user: no template browser on the first page load.
 FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
 VIEWPORT = {"width": 2560, "height": 1440}  # large enough that "fit view" keeps the full-detail rendering
+DEFAULT_WINDOW = {"width": 1920, "height": 1000}  # the window test_workflows.py checks the saved view against
 
 pytestmark = [
     pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the frontend tests"),
@@ -56,10 +59,21 @@ async ([workflow, timeoutMs]) => {
   const bounded = (promise, what) => Promise.race([promise, new Promise((_, reject) =>
     setTimeout(() => reject(new Error(`${what} took longer than ${timeoutMs} ms`)), timeoutMs))]);
   await bounded(app.loadGraphData(workflow), 'app.loadGraphData');
+  // Nodes with an upload widget grow once their file preview has loaded: wait until no size changes.
+  const sizes = () => JSON.stringify(app.graph.nodes.map((node) => [...node.size]));
+  for (let last = null, tries = 0; sizes() !== last && tries < 40; tries++) {
+    last = sizes();
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
   const prompt = await bounded(app.graphToPrompt(), 'app.graphToPrompt');
+  const canvas = app.canvas.canvas.getBoundingClientRect();
+  const view = {canvas: [canvas.x, canvas.y, canvas.width, canvas.height], scale: app.canvas.ds.scale,
+                offset: [...app.canvas.ds.offset], title: LiteGraph.NODE_TITLE_HEIGHT,
+                groups: app.graph.groups.map((group) => ({title: group.title, bounding: [...group.boundingRect]}))};
   const nodes = app.graph.nodes.map((node) => ({
     id: node.id,
     type: node.type,
+    box: [...node.pos, ...node.size],
     registered: node.type in LiteGraph.registered_node_types,
     inputs: (node.inputs ?? []).map((input) => ({name: input.name, link: input.link ?? null})),
     outputs: (node.outputs ?? []).map((output) => ({name: output.name, links: output.links ?? []})),
@@ -73,7 +87,7 @@ async ([workflow, timeoutMs]) => {
     id: link.id, origin_id: link.origin_id, origin_slot: link.origin_slot,
     target_id: link.target_id, target_slot: link.target_slot,
   }));
-  return {nodes, links, prompt: prompt.output};
+  return {nodes, links, view, prompt: prompt.output};
 }
 """
 # Frames the whole graph and lets the canvas redraw before a screenshot.
@@ -151,6 +165,50 @@ def missing_node_problems(workflow: dict, live: dict) -> list[str]:
     loaded = {node["id"]: node["type"] for node in live["nodes"]}
     if loaded != expected:
         problems.append(f"live graph nodes {loaded} differ from the file's {expected}")
+    return problems
+
+
+def note_problems(workflow: dict, live: dict) -> list[str]:
+    """(e) Each Note of the file shows its text in the live graph."""
+    live_nodes = {node["id"]: node for node in live["nodes"]}
+    problems = []
+    for note in (node for node in workflow["nodes"] if node["type"] == "Note"):
+        shown = [widget["value"] for widget in live_nodes.get(note["id"], {}).get("widgets", [])
+                 if widget["name"] == "text"]
+        if shown != note["widgets_values"]:
+            problems.append(f"note {note['id']} shows {shown!r}, the file has {note['widgets_values']!r}")
+    return problems
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def inside(box, outer) -> bool:
+    return (outer[0] <= box[0] and outer[1] <= box[1] and box[0] + box[2] <= outer[0] + outer[2]
+            and box[1] + box[3] <= outer[1] + outer[3])
+
+
+def layout_problems(live: dict) -> list[str]:
+    """(f) At the view the file opens with, the live nodes (title bars included, as tall as the frontend made
+    them) and groups lie on the canvas, below the menu bar; no two nodes overlap; each node is in one group."""
+    view = live["view"]
+    scale, (dx, dy) = view["scale"], view["offset"]
+    canvas = (0, 0, view["canvas"][2], view["canvas"][3])
+    nodes = [(f"node {node['id']} ({node['type']})", (node["box"][0], node["box"][1] - view["title"],
+                                                     node["box"][2], node["box"][3] + view["title"]))
+             for node in live["nodes"]]
+    groups = [(f"group {group['title']}", tuple(group["bounding"])) for group in view["groups"]]
+    problems = []
+    for name, (x, y, width, height) in nodes + groups:
+        on_screen = ((x + dx) * scale, (y + dy) * scale, width * scale, height * scale)
+        if not inside(on_screen, canvas):
+            problems.append(f"{name} at {tuple(round(v) for v in on_screen)} is not inside the canvas {canvas}")
+    for index, (name, box) in enumerate(nodes):
+        problems += [f"{name} overlaps {other}" for other, other_box in nodes[index + 1:] if overlap(box, other_box)]
+        holders = [group for group, group_box in groups if inside(box, group_box)]
+        if len(holders) != 1:
+            problems.append(f"{name} is in {len(holders)} groups")
     return problems
 
 
@@ -248,13 +306,19 @@ def test_workflow_loads_in_frontend(frontend, declared_inputs, workflow_path, tm
     twin = json.loads(twin_path.read_text(encoding="utf-8"))
 
     page = frontend.page
+    page.set_viewport_size(DEFAULT_WINDOW)
     live = load_and_inspect(page, workflow)
+    page.evaluate("() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))")
+    page.screenshot(path=str(tmp_path / f"{workflow_path.stem}_default_view.png"))
+    page.set_viewport_size(VIEWPORT)
     page.evaluate(FIT_VIEW)
     screenshot = tmp_path / f"{workflow_path.stem}.png"
     page.screenshot(path=str(screenshot))
     print(f"screenshot: {screenshot}")
 
     problems = missing_node_problems(workflow, live)
+    problems += note_problems(workflow, live)
+    problems += layout_problems(live)
     problems += [f"dialog after loading: {text[:300]!r}" for text in page.evaluate(OPEN_DIALOGS)]
     problems += [f"uncaught page error: {error}" for error in frontend.errors]
     problems += widget_problems(live, twin, declared_inputs)

@@ -1,4 +1,8 @@
-"""ComfyUI nodes called directly (no ComfyUI needed) on tiny RANDOM weights, and their declared contracts."""
+"""ComfyUI nodes called directly on tiny RANDOM weights, and their declared contracts.
+
+They run in-process on ComfyUI's real modules when ``COMFYUI_PATH`` is set, else on the ``comfy_api`` fake
+(see ``pack.py``); the tests are the same both ways.
+"""
 
 import inspect
 import os
@@ -15,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from pack import COMFY_FAKE, REPO, load_pack, node_classes
+from pack import COMFY_FAKE, COMFYUI_PATH, REPO, load_pack, node_classes, use_folders, use_models_dir
 
 PACK = load_pack()
 NODES = node_classes(PACK)
@@ -23,6 +27,13 @@ NODES = node_classes(PACK)
 
 def node(name):
     return NODES[name]
+
+
+@pytest.fixture(autouse=True)
+def inference_mode():
+    """Each test runs under ``torch.inference_mode()``, as ComfyUI's executor runs every node."""
+    with torch.inference_mode():
+        yield
 
 
 def with_hidden(cls, unique_id=None, prompt=None):
@@ -59,28 +70,50 @@ def test_node_contract(node_id):
 
 
 def test_registering_the_nodes_loads_no_model_libraries():
+    """Importing the pack and listing its nodes loads none of the model libraries ComfyUI itself has not loaded."""
+    if COMFYUI_PATH:
+        setup = f"sys.path.insert(0, {COMFYUI_PATH!r})\nfrom comfy.cli_args import args\nargs.cpu = True\n"
+    else:
+        setup = f"sys.path.insert(0, {str(COMFY_FAKE)!r})\n"
     script = (
-        "import asyncio, importlib.util, sys\n"
-        f"sys.path.insert(0, {str(COMFY_FAKE)!r})\n"
+        "import asyncio, importlib.util, sys\n" + setup +
+        "import comfy_api.latest\n"
+        "before = set(sys.modules)\n"
         f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(REPO)!r}])\n"
         "module = importlib.util.module_from_spec(spec); sys.modules['pack'] = module; spec.loader.exec_module(module)\n"
         "nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'av', 'face_alignment') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'av', 'face_alignment')\n"
+        "         if m in sys.modules and m not in before]\n"
         "print(len(nodes), heavy, hasattr(module, 'NODE_CLASS_MAPPINGS'))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"{len(NODES)} [] False"
 
 
+def test_the_nodes_run_on_the_chosen_comfyui_modules():
+    """ComfyUI's real modules from $COMFYUI_PATH, or the comfy_api fake and the nodes' outside-ComfyUI fallbacks."""
+    import comfy_api.latest
+
+    runtime = runtime_module()
+    if COMFYUI_PATH:
+        assert Path(comfy_api.latest.__file__).is_relative_to(Path(COMFYUI_PATH).resolve())
+        assert runtime.in_comfyui() and Path(runtime.folder_paths.__file__).parent == Path(COMFYUI_PATH).resolve()
+        assert str(runtime.torch_device()) == "cpu"
+    else:
+        assert Path(comfy_api.latest.__file__).is_relative_to(COMFY_FAKE) and not runtime.in_comfyui()
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, random_models, media):
-    """Outside ComfyUI: models from $MUSETALK_MODELS_DIR, the input folder is the working directory.
+    """The working directory is ComfyUI's input folder (outside ComfyUI: the nodes' fallback) with output/ and
+    temp/ in it; the models are the random ones.
 
     The media are copied: links to files outside the input folder are refused.
     """
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_models))
+    use_models_dir(monkeypatch, random_models)
     monkeypatch.chdir(tmp_path)
+    use_folders(monkeypatch, runtime_module(), tmp_path, tmp_path / "output", tmp_path / "temp", outside_comfyui=True)
     for name in ("talking_closeup.mp4", "face_still.png"):
         shutil.copy(media / name, tmp_path / name)
     shutil.copytree(media / "landmarks", tmp_path / "landmarks")
@@ -110,18 +143,14 @@ class LazyAudio(Mapping):
 
 @pytest.fixture(scope="module")
 def loaded(random_models):
-    import os
-
-    os.environ["MUSETALK_MODELS_DIR"] = str(random_models)
-    try:
+    with pytest.MonkeyPatch.context() as monkeypatch, torch.inference_mode():  # as the loader nodes run in ComfyUI
+        use_models_dir(monkeypatch, random_models)
         return {
             "unet": node("MuseTalkUNetLoader").execute("v15", "fp32")[0],
             "vae": node("MuseTalkVAELoader").execute("fp32")[0],
             "whisper": node("MuseTalkWhisperLoader").execute("fp32")[0],
             "parser": node("MuseTalkFaceParserLoader").execute("fp32")[0],
         }
-    finally:
-        del os.environ["MUSETALK_MODELS_DIR"]
 
 
 AVATAR_ARGS = dict(face_backend="landmarks file", bbox_shift=0, extra_margin=10, face_selection="largest",
@@ -247,7 +276,7 @@ def test_face_detector_is_managed_and_kept_between_runs(workspace, random_face_a
     import os
     from importlib import import_module
 
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_face_alignment))
+    use_models_dir(monkeypatch, random_face_alignment)
     nodes_avatar = import_module(PACK.__name__ + ".nodes.avatar")
     runtime = import_module(PACK.__name__ + ".nodes.runtime")
     detection = import_module(PACK.__name__ + ".musetalk_lib.face_detection")
@@ -314,7 +343,7 @@ def test_fps_mismatch_is_explained(workspace, loaded, media):
 
 
 def test_missing_weights_fail_only_the_loader(tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
+    use_models_dir(monkeypatch, tmp_path)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "musetalkV15" / "unet.pth")):
         node("MuseTalkUNetLoader").execute("v15", "auto")
     assert node("MuseTalkUNetLoader").fingerprint_inputs("v15", "auto") == "missing"
@@ -364,7 +393,7 @@ def runtime_module():
 
 @pytest.fixture
 def comfyui_folders(tmp_path, monkeypatch):
-    """A fake ``folder_paths`` with input/, output/ and temp/ under ``tmp_path/comfyui``, files in and around them.
+    """ComfyUI's input/, output/ and temp/ under ``tmp_path/comfyui``, files in and around them.
 
     In each folder: ``clip``, ``sub/clip``, ``done`` (output) or ``t`` (temp) as .mp4 and .json; in input/ also
     ``inner`` (a link to ``clip``), ``link`` (a link to ``../x``) and ``linked_dir`` (a link to ``..``).
@@ -381,10 +410,15 @@ def comfyui_folders(tmp_path, monkeypatch):
         (folders["input"] / f"link{suffix}").symlink_to(root / f"x{suffix}")
     for folder in ("input", "output"):
         (folders[folder] / "linked_dir").symlink_to(root, target_is_directory=True)
-    monkeypatch.setattr(runtime_module(), "folder_paths", SimpleNamespace(
-        get_input_directory=lambda: str(folders["input"]), get_output_directory=lambda: str(folders["output"]),
-        get_temp_directory=lambda: str(folders["temp"])))
+    use_folders(monkeypatch, runtime_module(), folders["input"], folders["output"], folders["temp"])
     return folders
+
+
+def own_validate_inputs(cls):
+    """The node's ``validate_inputs`` as ComfyUI finds it (``first_real_override``): None when only the V3 base
+    class defines one (the real ``io.ComfyNode`` has a stub)."""
+    owner = next((klass for klass in cls.__mro__ if "validate_inputs" in vars(klass)), None)
+    return None if owner is None or owner.__module__.startswith("comfy_api") else cls.validate_inputs
 
 
 def validation_errors(node_id: str, values: dict) -> dict[str, list[str]]:
@@ -395,7 +429,7 @@ def validation_errors(node_id: str, values: dict) -> dict[str, list[str]]:
     cls = NODES[node_id]
     declared = cls.INPUT_TYPES()
     specs = {**declared["required"], **declared.get("optional", {})}
-    validate = getattr(cls, "validate_inputs", None)
+    validate = own_validate_inputs(cls)
     named = set(inspect.getfullargspec(validate).args) if validate else set()
     errors: dict[str, list[str]] = {}
     for name, value in values.items():
@@ -425,7 +459,7 @@ def test_every_file_name_input_is_confined():
 @pytest.mark.parametrize("node_id", sorted(NODES))
 def test_validate_inputs_names_one_input(node_id):
     """ComfyUI attaches a validate_inputs refusal to every input it names (to all inputs with ``**kwargs``)."""
-    validate = getattr(NODES[node_id], "validate_inputs", None)
+    validate = own_validate_inputs(NODES[node_id])
     if validate is not None:
         spec = inspect.getfullargspec(validate)
         assert spec.varkw is None and len(spec.args) == 2 and (node_id, spec.args[1]) in NAME_INPUTS
@@ -559,7 +593,7 @@ def test_the_face_parser_is_optional(tmp_path, monkeypatch, random_models):
     models = tmp_path / "models"
     shutil.copytree(random_models, models)
     shutil.rmtree(models / "face-parse-bisent")
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(models))
+    use_models_dir(monkeypatch, models)
     output = node("MuseTalkFaceParserLoader").execute("fp32")
     assert output.args == (None,)
     (note,) = output.ui["text"]
@@ -567,7 +601,7 @@ def test_the_face_parser_is_optional(tmp_path, monkeypatch, random_models):
 
 
 def test_loaders_say_the_weights_are_random(random_models, monkeypatch):
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(random_models))
+    use_models_dir(monkeypatch, random_models)
     (note,) = node("MuseTalkVAELoader").execute("fp32").ui["text"]
     assert note.startswith("RANDOM test weights in ")
 
@@ -672,7 +706,7 @@ def test_lora_loader_patches_a_copy_of_the_unet(tmp_path, monkeypatch, random_mo
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
     save_lora(lora_state_dict(unet), config, models / "loras" / "actor.safetensors")
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(models))
+    use_models_dir(monkeypatch, models)
     loader = node("MuseTalkLoraLoader")
     assert loader.validate_inputs("actor.safetensors") is True
     assert loader.validate_inputs("../musetalkV15/unet.pth").startswith("MuseTalk LoRA Loader: no LoRA file")

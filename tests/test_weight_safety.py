@@ -270,13 +270,13 @@ def test_dub_with_a_code_running_whisper_file_prints_one_error(layout, media, tm
 
 
 def test_loader_node_surfaces_the_same_message(layout, monkeypatch):
-    from pack import load_pack, node_classes
+    from pack import load_pack, node_classes, use_models_dir
 
     path = place(layout, Slot("vae", "sd-vae/diffusion_pytorch_model.bin", "sd-vae/diffusion_pytorch_model.bin"),
                  b"\x80\x02truncated")
     with pytest.raises(CheckpointError) as direct:
         load_vae(layout / "sd-vae")
-    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(layout))
+    use_models_dir(monkeypatch, layout)
     with pytest.raises(RuntimeError) as from_node:
         node_classes(load_pack())["MuseTalkVAELoader"].execute("fp32")
     assert type(from_node.value).__module__ == "builtins"  # ComfyUI shows the type: no module path

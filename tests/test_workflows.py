@@ -89,7 +89,7 @@ def test_ui_workflow_is_the_api_twin(path):
     prompt = json.loads((FOLDER / "api" / path.name).read_text())
     assert ui["version"] == 0.4 and ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
     assert ui["last_link_id"] == len(ui["links"])
-    nodes = {str(n["id"]): n for n in ui["nodes"]}
+    nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] != "Note"}  # notes are frontend-only
     assert set(nodes) == set(prompt)
     links = {link[0]: link for link in ui["links"]}
     for node_id, node in nodes.items():
@@ -123,14 +123,23 @@ def test_workflows_are_up_to_date(tmp_path):
     assert committed == built, "run `python scripts/build_workflows.py` and commit the result"
 
 
-# The frontend's default window this layout is checked against: a 1920x1000 canvas under a 50 px menu bar.
-VIEWPORT = (1920, 1000)
-MENU_BAR = 50
+# The frontend's graph canvas in a 1920x1000 window (frontend 1.27.10: right of a 64 px side bar, below 78 px of
+# tabs and menu); test_comfyui_frontend.py checks the same in the real frontend.
+CANVAS = (1856, 922)
+READABLE_ZOOM = 0.6
+NODE_TITLE = 30  # the frontend draws a node's title bar above its position
 
 
 def boxes_of(workflow: dict) -> list[tuple[str, tuple[float, float, float, float]]]:
-    nodes = [(f"node {n['id']}", (n["pos"][0], n["pos"][1], n["size"][0], n["size"][1])) for n in workflow["nodes"]]
+    """(name, (x, y, width, height)) of every node, its title bar included, and of every group."""
+    nodes = [(f"node {n['id']}", (n["pos"][0], n["pos"][1] - NODE_TITLE, n["size"][0], n["size"][1] + NODE_TITLE))
+             for n in workflow["nodes"]]
     return nodes + [(f"group {g['title']}", tuple(g["bounding"])) for g in workflow["groups"]]
+
+
+def inside(box, outer) -> bool:
+    return outer[0] <= box[0] and outer[1] <= box[1] and box[0] + box[2] <= outer[0] + outer[2] and \
+        box[1] + box[3] <= outer[1] + outer[3]
 
 
 def overlap(a, b) -> bool:
@@ -139,28 +148,51 @@ def overlap(a, b) -> bool:
 
 @pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
 def test_layout_is_readable_at_the_default_view(path):
-    """Nothing under the menu bar or off-canvas at the saved zoom; nodes and step groups do not overlap;
-    every node is in exactly one step group; the Video Combine nodes leave room for their preview."""
+    """Nothing under the menu bar or off-canvas at the saved zoom (readable: 0.6 or more); nodes (title bars included, notes too) and
+    step groups do not overlap; every node is in exactly one step group; previews have room below the widgets."""
     workflow = json.loads(path.read_text())
     scale, (dx, dy) = workflow["extra"]["ds"]["scale"], workflow["extra"]["ds"]["offset"]
+    assert READABLE_ZOOM <= scale <= 1
     for name, (x, y, width, height) in boxes_of(workflow):
         top_left = ((x + dx) * scale, (y + dy) * scale)
         bottom_right = ((x + width + dx) * scale, (y + height + dy) * scale)
-        assert top_left[0] >= 0 and top_left[1] >= MENU_BAR, f"{name} is under the menu bar or off the left edge"
-        assert bottom_right[0] <= VIEWPORT[0] and bottom_right[1] <= VIEWPORT[1], f"{name} is off-canvas"
+        assert top_left[0] >= 0 and top_left[1] >= 0, f"{name} is under the menu bar or off the left edge"
+        assert bottom_right[0] <= CANVAS[0] and bottom_right[1] <= CANVAS[1], f"{name} is off-canvas"
     nodes = [(name, box) for name, box in boxes_of(workflow) if name.startswith("node")]
     groups = [(name, box) for name, box in boxes_of(workflow) if name.startswith("group")]
     for items in (nodes, groups):
         for index, (name, box) in enumerate(items):
             for other, other_box in items[index + 1:]:
                 assert not overlap(box, other_box), f"{name} overlaps {other}"
-    for name, (x, y, width, height) in nodes:
-        inside = [g for g, (gx, gy, gw, gh) in groups
-                  if gx <= x and gy <= y and x + width <= gx + gw and y + height <= gy + gh]
-        assert len(inside) == 1, f"{name} is in {len(inside)} step groups"
+    for name, box in nodes:
+        holders = [group for group, group_box in groups if inside(box, group_box)]
+        assert len(holders) == 1, f"{name} is in {len(holders)} step groups"
     for node in workflow["nodes"]:
-        if node["type"] == "MuseTalkVideoCombine":
-            assert node["size"][1] >= 400, "the video preview needs room below the widgets"
+        if node["type"] in ("MuseTalkVideoCombine", "PreviewImage"):
+            assert node["size"][1] >= 400, f"node {node['id']}: its preview needs room below the widgets"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_every_step_has_one_note(path):
+    """Each step group holds exactly one core Note node, with text, above its other nodes. Notes are
+    frontend-only (virtual: no sockets, left out by the frontend's graphToPrompt), so the API twin has none."""
+    workflow = json.loads(path.read_text())
+    prompt = json.loads((FOLDER / "api" / path.name).read_text())
+    notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
+    for group in workflow["groups"]:
+        held = [n for n in notes if inside((*n["pos"], *n["size"]), group["bounding"])]
+        assert len(held) == 1, f"group {group['title']} holds {len(held)} notes"
+        (note,) = held
+        others = [n for n in workflow["nodes"] if n["type"] != "Note" and inside((*n["pos"], *n["size"]),
+                                                                                   group["bounding"])]
+        assert others and all(note["pos"][1] + note["size"][1] < n["pos"][1] for n in others), group["title"]
+        (text,) = note["widgets_values"]
+        fits = 0.75 * note["size"][0]  # five lines of the frontend's default textarea font
+        assert isinstance(text, str) and 40 <= len(text) <= fits, f"group {group['title']}: note of {len(text)} chars"
+    assert len(notes) == len(workflow["groups"])
+    assert all(n["inputs"] == [] and n["outputs"] == [] for n in notes)
+    assert not any(n["class_type"] == "Note" for n in prompt.values())
+    assert not {str(n["id"]) for n in notes} & set(prompt)
 
 
 SAVED = REPO / "tests" / "data" / "saved_workflows"  # the workflows as shipped by pack 0.1 (V1 nodes)
