@@ -65,7 +65,7 @@ def test_every_declared_node_is_registered(server, python):
 
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
 def test_workflow_runs(server, workflow_path, tmp_path):
-    from musetalk_cli.queue_client import ComfyClient, Override, load_workflow, output_files
+    from musetalk_cli.queue_client import ComfyClient, load_workflow, output_files
 
     workflow = load_workflow(workflow_path)  # as shipped: face backend auto, offline (dlib here), random weights
     lines: list[str] = []
