@@ -222,8 +222,6 @@ def _load_models(args):
     models = MuseTalkModels.load(args.models_dir, args.version, args.device, args.dtype,
                                  face_parsing=args.mask != "landmarks", lora=getattr(args, "lora", None),
                                  lora_strength=getattr(args, "lora_strength", 1.0))
-    if models.files.random_weights:
-        print(f"WARNING: {args.models_dir} holds RANDOM weights: the result will not be lip-synced.", file=sys.stderr)
     return models.compile() if args.compile else models
 
 
