@@ -532,30 +532,24 @@ class FrameStream:
 
 @dataclass
 class LipSync:
-    """A dub before it is written: the output frames, produced when iterated, and what shaped them."""
+    """A dub before it is written: the output frames, produced when iterated, and the plan that shapes them."""
 
     frames: FrameStream
     plan: OutputPlan
-    audio: AudioFeatures
 
 
-def lip_sync(source: FrameSource, avatar: Avatar | AvatarInMemory, samples: np.ndarray, sample_rate: int,
-             whisper: WhisperAudioEncoder, unet: MuseTalkUNet, vae: FaceVAE, options: DubOptions = DubOptions(),
-             progress: Progress | None = None) -> LipSync:
-    """Lip-sync ``source`` (prepared as ``avatar``) to ``samples`` (``[channels, samples]``): the stage the
+def lip_sync(source: FrameSource, avatar: Avatar | AvatarInMemory, audio: AudioFeatures, unet: MuseTalkUNet,
+             vae: FaceVAE, options: DubOptions = DubOptions(), progress: Progress | None = None) -> LipSync:
+    """Lip-sync ``source`` (prepared as ``avatar``) to ``audio`` (:func:`speech_features`): the stage the
     ``musetalk dub`` command and the MuseTalk Dub node share.
 
-    The speech features are computed here; the frames are generated batch by
-    batch (:func:`lip_sync_frames`) only when :attr:`LipSync.frames` is iterated.
-
-    Raises:
-        ValueError: the speech is shorter than one video frame.
+    The frames are generated batch by batch (:func:`lip_sync_frames`) only when
+    :attr:`LipSync.frames` is iterated.
     """
-    audio = speech_features(whisper, samples, sample_rate, float(source.frame_rate), options, progress)
     plan = output_plan(audio, avatar.track, options)
     frames = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
                          lambda: lip_sync_frames(source, avatar, audio, unet, vae, options, progress))
-    return LipSync(frames, plan, audio)
+    return LipSync(frames, plan)
 
 
 @dataclass
@@ -619,7 +613,7 @@ def dub(
 ) -> DubReport:
     """Lip-sync ``source_path`` (video or image) to ``audio_path`` and write ``output_path`` (MP4).
 
-    The avatar is prepared (or loaded from ``cache_root``) first. The output
+    The speech features come first, then the avatar (prepared, or loaded from ``cache_root``). The output
     has as many frames as the speech covers at the source frame rate
     (``options.length_policy`` decides how the source is extended) and carries
     the speech. It is written under a temporary name and renamed when done.
@@ -631,6 +625,13 @@ def dub(
     samples, sample_rate = load_audio(audio_path)
     samples = options.speech_to_dub(samples, sample_rate)
     timings["load"] = time.perf_counter() - started
+
+    started = time.perf_counter()  # before the avatar: a speech too short fails in a second, not minutes
+    try:
+        features = speech_features(models.whisper, samples, sample_rate, float(source.frame_rate), options, progress)
+    except ValueError as error:
+        raise ValueError(f"{audio_path}: {error}") from None
+    timings["audio features"] = time.perf_counter() - started
 
     started = time.perf_counter()
     if landmarks_path is not None:
@@ -650,18 +651,10 @@ def dub(
                        options.max_yaw, turned)
 
     started = time.perf_counter()
-    try:
-        result = lip_sync(source, avatar, samples, sample_rate, models.whisper, models.unet, models.vae, options,
-                          progress)
-    except ValueError as error:
-        raise ValueError(f"{audio_path}: {error}") from None
-    timings["audio features"] = time.perf_counter() - started
-
-    started = time.perf_counter()
     frames = 0
     with VideoWriter(output_path, source.width, source.height, source.frame_rate, samples, sample_rate,
                      crf=crf) as writer:
-        for frame in result.frames:
+        for frame in lip_sync(source, avatar, features, models.unet, models.vae, options, progress).frames:
             writer.write(frame)
             frames += 1
     timings["lip sync + encode"] = time.perf_counter() - started
@@ -672,6 +665,6 @@ def dub(
         frames_without_face=avatar.track.missing_ranges(),
         random_weights=models.files.random_weights,
         seconds=timings,
-        silent_spans=silent_spans(result.audio.speech[:frames]) if result.audio.speech is not None else [],
+        silent_spans=silent_spans(features.speech[:frames]) if features.speech is not None else [],
         frames_beyond_yaw=turned,
     )

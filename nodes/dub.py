@@ -133,7 +133,7 @@ class MuseTalkDub(io.ComfyNode):
     def execute(cls, unet, vae, whisper, audio, file, fps, face_backend, landmarks_file, images=None,
                 face_parser=None, **inputs) -> io.NodeOutput:
         from ..musetalk_lib.avatar import prepare_avatar_in_memory
-        from ..musetalk_lib.pipeline import lip_sync, mask_notes, pass_through_notes
+        from ..musetalk_lib.pipeline import lip_sync, mask_notes, pass_through_notes, speech_features
         from .convert import audio_samples, audio_value, image_and_stream
 
         unique_id = hidden_value(cls, "unique_id")
@@ -141,18 +141,19 @@ class MuseTalkDub(io.ComfyNode):
         with reported_as(cls.DISPLAY_NAME):
             settings, options = library_options(inputs)
             source = open_frames(images, file, fps, cls.DISPLAY_NAME)
+            samples, sample_rate = audio_samples(audio)
+            features = speech_features(whisper.ready(), samples, sample_rate, float(source.frame_rate), options,
+                                       progress)
             track, notes = tracked_faces(source, face_backend, landmarks_file, settings, options.batch_size, progress,
                                          cls.DISPLAY_NAME, options.allow_no_face)
             parser = face_parser.ready() if face_parser is not None else None
             avatar = prepare_avatar_in_memory(source, track, vae.ready(), settings, parser, options.batch_size,
                                               progress)
-            samples, sample_rate = audio_samples(audio)
-            result = lip_sync(source, avatar, samples, sample_rate, whisper.ready(), unet.ready(), vae.ready(),
-                              options, progress)
+            result = lip_sync(source, avatar, features, unet.ready(), vae.ready(), options, progress)
             images_out, stream = image_and_stream(result.frames,
                                                   output_is_linked(hidden_value(cls, "prompt"), unique_id, 0),
                                                   even=True)
-        notes += mask_notes(settings, avatar.mask_mode) + pass_through_notes(result.audio, track, options)
+        notes += mask_notes(settings, avatar.mask_mode) + pass_through_notes(features, track, options)
         if options.preview_seconds:
             notes.append(f"Preview: only the first {options.preview_seconds:g} s of the speech were dubbed.")
         if unet.random_weights or vae.random_weights or whisper.random_weights:

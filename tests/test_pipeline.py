@@ -20,6 +20,7 @@ from musetalk_lib.pipeline import (
     lip_sync_frames,
     output_frame_count,
     source_frame_indices,
+    speech_features,
 )
 from musetalk_lib.run_files import RunFileError
 from musetalk_lib.video_io import VideoError, VideoReader
@@ -119,8 +120,9 @@ def test_an_avatar_in_memory_dubs_exactly_like_a_cached_one(tiny_models, media, 
                                          settings)
     assert in_memory.mask_mode == cached.mask_mode == "landmarks"
     options = DubOptions(batch_size=4, length_policy="trim")
-    runs = [lip_sync(source, avatar, samples, sample_rate, tiny_models.whisper, tiny_models.unet, tiny_models.vae,
-                     options) for avatar in (cached, in_memory)]
+    features = speech_features(tiny_models.whisper, samples, sample_rate, float(source.frame_rate), options)
+    runs = [lip_sync(source, avatar, features, tiny_models.unet, tiny_models.vae, options)
+            for avatar in (cached, in_memory)]
     assert runs[0].plan.num_frames == runs[1].plan.num_frames == len(list(runs[0].frames)) > 0
     assert all(np.array_equal(a, b) for a, b in zip(runs[0].frames, runs[1].frames, strict=True))
 
