@@ -133,7 +133,7 @@ def face_detector(backend: str) -> tuple[FaceDetector, str]:
 
 
 def tracked_faces(source, face_backend: str, landmarks_file: str, settings, batch_size: int, progress, node: str,
-                allow_no_face: bool = False):
+                  allow_no_face: bool = False):
     """Detect (or read) the faces of every source frame and derive the crop track; also what to tell the user.
 
     Returns the track and the notes for the node: the face summary (frames
@@ -239,8 +239,8 @@ class MuseTalkLoadAvatar(io.ComfyNode):
             settings = avatar_settings(bbox_shift, extra_margin, face_selection, face_index, face_point_x,
                                        face_point_y, smoothing, align_roll=(options or {}).get("align_roll", 0.0),
                                        mask_smoothing=(options or {}).get("mask_smoothing", 0))
-            track, notes = tracked_faces(source, face_backend, landmarks_file, settings, 8,
-                                       NodeProgress(), cls.DISPLAY_NAME)
+            track, notes = tracked_faces(source, face_backend, landmarks_file, settings, 8, NodeProgress(),
+                                         cls.DISPLAY_NAME)
             shown = face_preview(source, track)
         return io.NodeOutput(AvatarPayload(source, track, settings), frames_to_image(shown, len(shown)),
                              float(source.frame_rate), source.num_frames, ui={"text": notes})

@@ -73,8 +73,7 @@ class MuseTalkWhisperAudioFeatures(io.ComfyNode):
         with reported_as(cls.DISPLAY_NAME):
             samples, sample_rate = audio_samples(audio)
             options = DubOptions(context_left=context_left, context_right=context_right, exact_fps=exact_fps)
-            features = speech_features(whisper.ready(), samples, sample_rate, fps, options,
-                                       NodeProgress())
+            features = speech_features(whisper.ready(), samples, sample_rate, fps, options, NodeProgress())
         return io.NodeOutput(features, features.num_frames)
 
 
@@ -99,8 +98,7 @@ class MuseTalkVAEEncodeMaskedFace(io.ComfyNode):
         from .convert import FaceLatentsPayload
 
         with reported_as(cls.DISPLAY_NAME):
-            faces = encode_faces(avatar.source, avatar.track, vae.ready(), batch_size,
-                                 NodeProgress())
+            faces = encode_faces(avatar.source, avatar.track, vae.ready(), batch_size, NodeProgress())
         return io.NodeOutput(FaceLatentsPayload(avatar, faces, vae.random_weights))
 
 
