@@ -402,11 +402,12 @@ class FaceLatents:
 def encode_faces(source: FrameSource, track: FaceTrack, vae: FaceVAE, batch_size: int = 8,
                  progress: Progress | None = None) -> FaceLatents:
     """Encode the masked and reference latents of every frame with a face (kept on the CPU)."""
-    pieces = []
+    pieces, done = [], 0
     for indices, frames in _face_batches(source, track, batch_size):
         pieces.append(_encode(vae, track, indices, frames).float().cpu())
+        done += len(indices)
         if progress:
-            progress("encode faces", sum(len(piece) for piece in pieces), len(track.face_frames))
+            progress("encode faces", done, len(track.face_frames))
     # contiguous like the cached shards: the UNet's CPU kernels round differently on other memory layouts
     latents = torch.cat(pieces).contiguous() if pieces else torch.zeros((0, 8, 32, 32))
     return FaceLatents(track, latents)

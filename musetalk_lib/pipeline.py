@@ -491,31 +491,6 @@ def output_plan(audio: AudioFeatures, track: FaceTrack, options: DubOptions = Du
     return pass_through_plan(plan, track, options, audio.speech)
 
 
-def lip_sync_frames(
-    source: FrameSource,
-    avatar: Avatar,
-    audio: AudioFeatures,
-    unet: MuseTalkUNet,
-    vae: FaceVAE,
-    options: DubOptions = DubOptions(),
-    progress: Progress | None = None,
-) -> Iterator[np.ndarray]:
-    """Yield the lip-synced output frames (RGB ``uint8``): UNet, decode and blend one batch at a time.
-
-    Frames whose source frame has no face are yielded unchanged, and so are
-    the frames :func:`output_plan` lets pass through (crossfaded at the
-    edges). Blending runs on a worker thread while the models work on the
-    next batch.
-    """
-    plan = output_plan(audio, avatar.track, options)
-
-    def predict(output_indices: np.ndarray) -> torch.Tensor:
-        return predict_faces(unet, avatar, audio, plan, output_indices)
-
-    yield from _generate(source, avatar, plan, predict, vae, options.blend_variant, options.batch_size,
-                         options.decode, progress, options.paste_on_device)
-
-
 @dataclass
 class FrameStream:
     """Generated frames that are produced only when iterated (so long videos stream to the encoder)."""
@@ -543,13 +518,34 @@ def lip_sync(source: FrameSource, avatar: Avatar | AvatarInMemory, audio: AudioF
     """Lip-sync ``source`` (prepared as ``avatar``) to ``audio`` (:func:`speech_features`): the stage the
     ``musetalk dub`` command and the MuseTalk Dub node share.
 
-    The frames are generated batch by batch (:func:`lip_sync_frames`) only when
-    :attr:`LipSync.frames` is iterated.
+    The frames (RGB ``uint8``) are made only when :attr:`LipSync.frames` is
+    iterated: UNet, decode and blend one batch at a time, blending on a worker
+    thread while the models work on the next batch. Frames whose source frame
+    has no face come out unchanged, and so do the frames :func:`output_plan`
+    lets pass through (crossfaded at the edges).
     """
     plan = output_plan(audio, avatar.track, options)
+
+    def predict(output_indices: np.ndarray) -> torch.Tensor:
+        return predict_faces(unet, avatar, audio, plan, output_indices)
+
     frames = FrameStream(plan.num_frames, source.width, source.height, source.frame_rate,
-                         lambda: lip_sync_frames(source, avatar, audio, unet, vae, options, progress))
+                         lambda: _generate(source, avatar, plan, predict, vae, options.blend_variant,
+                                           options.batch_size, options.decode, progress, options.paste_on_device))
     return LipSync(frames, plan)
+
+
+def lip_sync_frames(
+    source: FrameSource,
+    avatar: Avatar | AvatarInMemory,
+    audio: AudioFeatures,
+    unet: MuseTalkUNet,
+    vae: FaceVAE,
+    options: DubOptions = DubOptions(),
+    progress: Progress | None = None,
+) -> Iterator[np.ndarray]:
+    """The output frames of :func:`lip_sync`, as one iterator (for callers that only want the frames)."""
+    return iter(lip_sync(source, avatar, audio, unet, vae, options, progress).frames)
 
 
 @dataclass
