@@ -251,7 +251,7 @@ def _run_dub(args, progress: TerminalProgress) -> None:
 
 
 def _run_lora(args) -> None:
-    from musetalk_lib.checkpoint import save_state_dict
+    from musetalk_lib.checkpoint import save_state_dict, save_torch_state_dict
     from musetalk_lib.lora import merged_unet_state_dict
     from musetalk_lib.weights import find_model_files
 
@@ -261,14 +261,8 @@ def _run_lora(args) -> None:
         raise ValueError(f"{args.output}: the merged UNet is written as .pth (official format) or .safetensors")
     files = find_model_files(args.models_dir, args.version)
     state_dict = merged_unet_state_dict(files.unet_config, files.unet_weights, args.lora, args.strength)
-    if args.output.suffix.lower() == ".safetensors":
-        save_state_dict(state_dict, args.output)
-    else:
-        import torch
-
-        partial = args.output.with_name(args.output.name + ".partial")
-        torch.save(state_dict, partial)
-        os.replace(partial, args.output)
+    save = save_state_dict if args.output.suffix.lower() == ".safetensors" else save_torch_state_dict
+    save(state_dict, args.output)
     print(f"Wrote {args.output}: {files.unet_weights} with {args.lora} merged at strength {args.strength:g}")
 
 
