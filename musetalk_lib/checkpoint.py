@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .run_files import write_atomically
 from .weights import replacement_advice
 
 __all__ = [
@@ -129,31 +130,20 @@ def load_model_weights(
     return model
 
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """``write(temporary path)``, then rename onto ``path``: an error or interrupt leaves nothing under ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
                     metadata: Mapping[str, str] | None = None) -> None:
     """Write a state dict as safetensors (with string ``metadata``), atomically (temporary name, then rename)."""
     from safetensors.torch import save_file
 
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in state_dict.items()}
-    _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
 
 
 def save_torch_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write a state dict with ``torch.save`` (the official ``.pth`` format: plain tensors, loadable with
     ``weights_only=True``), atomically."""
     tensors = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
-    _write_atomically(path, lambda tmp: torch.save(tensors, tmp))
+    write_atomically(path, lambda tmp: torch.save(tensors, tmp))
 
 
 def _mismatches(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:

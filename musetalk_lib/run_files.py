@@ -6,12 +6,14 @@ created and that this process can write, and it must not be, or lie inside,
 anything the run reads: an input file, or the avatar cache in use. An
 existing output that is none of these is replaced, atomically, when the run
 succeeds (see :class:`~musetalk_lib.video_io.VideoWriter`).
+
+Other files (weights, checkpoints) are written with :func:`write_atomically`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .video_io import OUTPUT_CONTAINERS
@@ -20,6 +22,7 @@ __all__ = [
     "RunFileError",
     "check_input_files",
     "check_output_path",
+    "write_atomically",
 ]
 
 class RunFileError(ValueError):
@@ -85,3 +88,15 @@ def check_output_path(output: str | os.PathLike, inputs: Mapping[str, str | os.P
     if not os.access(folder, os.W_OK | os.X_OK):
         raise RunFileError(f"Cannot write to {folder} (permissions); choose another output folder.")
     return resolved
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """``write(temporary path)``, then rename onto ``path``: an error or interrupt leaves nothing under ``path``
+    (and no temporary file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

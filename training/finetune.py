@@ -23,6 +23,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from musetalk_lib.run_files import write_atomically
+
 from .config import TrainConfig, load_config
 from .preprocess import PreprocessOptions, find_videos, preprocess, summarize
 
@@ -127,9 +129,7 @@ def run(args: argparse.Namespace) -> Path:
         config.resume_from = "latest"
     trainer = LipSyncTrainer(config)
     step = trainer.train()
-    partial = output.with_name(output.name + ".partial")
-    shutil.copyfile(trainer.weights_path(step), partial)
-    os.replace(partial, output)
+    write_atomically(output, lambda tmp: shutil.copyfile(trainer.weights_path(step), tmp))
     print(f"Wrote {output} (LoRA rank {config.lora.rank}, {step} steps); losses in {run_dir / 'logs'}, "
           f"validation images in {run_dir / 'validation'}.")
     return output

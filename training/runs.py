@@ -17,7 +17,6 @@ back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
+
+from musetalk_lib.run_files import write_atomically
 
 __all__ = [
     "MetricLogger",
@@ -45,9 +46,7 @@ STATE_PATTERN = re.compile(r"state-(\d+)\.pt$")
 
 def save_atomic(obj: object, path: Path) -> None:
     """``torch.save`` under a temporary name, then rename (a crash never leaves a truncated file)."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_config(config: Mapping, path: Path) -> None:
